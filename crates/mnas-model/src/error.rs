@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+use mnas_space::SpaceError;
+use thiserror::Error;
+
+/// Everything that can go wrong building a model or moving its weights.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Arch(#[from] SpaceError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}` is missing (the file does not hold weights for this architecture)")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, the architecture needs {expected:?}")]
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("{path}: tensor `{name}` has dtype {dtype}, expected F32")]
+    Dtype { path: PathBuf, name: String, dtype: String },
+    #[error("{path}: tensor `{name}` holds non-finite values")]
+    NonFinite { path: PathBuf, name: String },
+}

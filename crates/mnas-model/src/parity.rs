@@ -1,0 +1,185 @@
+//! Comparison of an mnas model against a timm fixture (DESIGN §4): the check behind the
+//! `timm_parity` test, kept in the library so the CLI can run it on a user's own fixtures too.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{activation, Int, Tensor, TensorData};
+use mnas_space::Arch;
+use safetensors::SafeTensors;
+use serde::Deserialize;
+
+use crate::backend::{Cpu, CpuTrain};
+use crate::error::ModelError;
+use crate::net::MnasNet;
+use crate::weights::{self, read_tensor, view_to_f32, Slot};
+
+/// The sidecar JSON next to each fixture.
+#[derive(Debug, Deserialize)]
+pub struct FixtureInfo {
+    pub timm_model: String,
+    pub num_classes: u32,
+    pub input_size: u32,
+}
+
+/// Errors measured for one fixture: max |ours - theirs| / max |theirs|.
+#[derive(Debug, Clone)]
+pub struct ParityReport {
+    pub fixture: PathBuf,
+    pub model: String,
+    pub logits_eval: f64,
+    pub logits_train: Option<f64>,
+    pub loss_train: Option<f64>,
+    /// The worst parameter gradient and its name.
+    pub worst_grad: Option<(String, f64)>,
+    pub grads_checked: usize,
+    /// BN-bias gradients that are zero in exact arithmetic, judged against their BN's flow.
+    pub grads_at_noise_floor: usize,
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0f64, |m, x| m.max(x.abs() as f64))
+}
+
+/// Max absolute difference over the reference's max magnitude (at least `floor`).
+pub fn rel_error_floored(ours: &[f32], theirs: &[f32], floor: f64) -> f64 {
+    if ours.len() != theirs.len() {
+        return f64::INFINITY;
+    }
+    let diff = ours.iter().zip(theirs).fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    diff / max_abs(theirs).max(floor).max(1e-30)
+}
+
+/// Max absolute difference over the reference's max magnitude.
+pub fn rel_error(ours: &[f32], theirs: &[f32]) -> f64 {
+    rel_error_floored(ours, theirs, 0.0)
+}
+
+/// A BN bias whose output only reaches train-mode BNs through linear ops has a gradient that is
+/// zero in exact arithmetic: both sides then hold fp32 rounding noise of the gradient flowing
+/// through that BN. Such a bias is judged against the scale of that flow, which its sibling
+/// weight gradient (same dL/dy) measures, when it is larger than the bias's own.
+fn grad_scale(name: &str, want: &[f32], by_name: &std::collections::HashMap<&str, f64>) -> (f64, bool) {
+    let own = max_abs(want);
+    let sibling = name
+        .strip_suffix(".bias")
+        .filter(|p| p.rsplit('.').next().is_some_and(|m| m.starts_with("bn")))
+        .and_then(|p| by_name.get(format!("{p}.weight").as_str()).copied())
+        .unwrap_or(0.0);
+    (own.max(sibling), own < 1e-3 * sibling)
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("float tensor")
+}
+
+fn input<B: Backend>(st: &SafeTensors<'_>, path: &Path, info: &FixtureInfo, device: &B::Device) -> Result<Tensor<B, 4>, ModelError> {
+    let view = st.tensor("input").map_err(|_| ModelError::MissingTensor { path: path.into(), name: "input".into() })?;
+    let shape = view.shape().to_vec();
+    if shape.len() != 4 || shape[1] != 3 || shape[2] != info.input_size as usize {
+        return Err(ModelError::ShapeMismatch {
+            path: path.into(),
+            name: "input".into(),
+            expected: vec![shape.first().copied().unwrap_or(1), 3, info.input_size as usize, info.input_size as usize],
+            got: shape,
+        });
+    }
+    let values = view_to_f32(&view, path, "input")?;
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+fn build<B: Backend>(info: &FixtureInfo, path: &Path, device: &B::Device) -> Result<MnasNet<B>, ModelError> {
+    let mut arch: Arch = mnas_space::lookup(&info.timm_model)?;
+    arch.num_classes = info.num_classes;
+    arch.resolution = info.input_size;
+    // timm's create_model default: no dropout.
+    arch.dropout = 0.0;
+    let mut model = MnasNet::new(&arch, device)?;
+    weights::load(&mut model, path, device)?;
+    Ok(model)
+}
+
+/// Runs every check the fixture has data for.
+pub fn check_fixture(path: &Path) -> Result<ParityReport, ModelError> {
+    let sidecar = path.with_extension("json");
+    let text = std::fs::read_to_string(&sidecar).map_err(|source| ModelError::Read { path: sidecar.clone(), source })?;
+    let info: FixtureInfo = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Arch(mnas_space::SpaceError::Json(format!("{}: {e}", sidecar.display()))))?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.into(), source })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| ModelError::Safetensors { path: path.into(), reason: e.to_string() })?;
+
+    let device = Default::default();
+    let model = build::<Cpu>(&info, path, &device)?;
+    let x = input::<Cpu>(&st, path, &info, &device)?;
+    let logits = to_vec(model.forward(x.clone()));
+    let want = read_tensor(&st, path, "logits_eval", &[x.dims()[0], info.num_classes as usize])?;
+    let mut report = ParityReport {
+        fixture: path.into(),
+        model: info.timm_model.clone(),
+        logits_eval: rel_error(&logits, &want),
+        logits_train: None,
+        loss_train: None,
+        worst_grad: None,
+        grads_checked: 0,
+        grads_at_noise_floor: 0,
+    };
+
+    if st.names().iter().any(|n| n.as_str() == "loss_train") {
+        let mut model = build::<CpuTrain>(&info, path, &device)?;
+        let x = input::<CpuTrain>(&st, path, &info, &device)?;
+        let n = x.dims()[0];
+        let labels_view = st
+            .tensor("labels")
+            .map_err(|_| ModelError::MissingTensor { path: path.into(), name: "labels".into() })?;
+        let labels: Vec<i64> =
+            labels_view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        let logits = model.forward(x);
+        let loss = cross_entropy(logits.clone(), &labels, &device);
+        let want_logits = read_tensor(&st, path, "logits_train", &[n, info.num_classes as usize])?;
+        let want_loss = read_tensor(&st, path, "loss_train", &[1])?;
+        report.logits_train = Some(rel_error(&to_vec(logits), &want_logits));
+        report.loss_train = Some(rel_error(&to_vec(loss.clone()), &want_loss));
+        let grads = loss.backward();
+        let mut pairs: Vec<(String, Option<Vec<f32>>, Vec<f32>)> = Vec::new();
+        let mut result = Ok(());
+        weights::visit_mut(&mut model, &mut |name, slot| {
+            let got = match &slot {
+                Slot::P4(p) => p.grad(&grads).map(to_vec),
+                Slot::P2(p) => p.grad(&grads).map(to_vec),
+                Slot::P1(p) => p.grad(&grads).map(to_vec),
+                Slot::Running(_) => return,
+            };
+            let key = format!("grad.{name}");
+            match read_tensor(&st, path, &key, &slot.shape()) {
+                Ok(want) => pairs.push((name.to_string(), got, want)),
+                Err(e) => result = Err(e),
+            }
+        });
+        result?;
+        let by_name: std::collections::HashMap<&str, f64> =
+            pairs.iter().map(|(n, _, w)| (n.as_str(), max_abs(w))).collect();
+        for (name, got, want) in &pairs {
+            let (scale, at_noise) = grad_scale(name, want, &by_name);
+            let err = got.as_ref().map(|g| rel_error_floored(g, want, scale)).unwrap_or(f64::INFINITY);
+            report.grads_checked += 1;
+            report.grads_at_noise_floor += usize::from(at_noise);
+            if std::env::var_os("MNAS_PARITY_DEBUG").is_some() {
+                let diff = got.as_ref().map(|g| rel_error_floored(g, want, 0.0) * max_abs(want));
+                eprintln!("{name}: ref_max={:.3e} abs_diff={:?} err={err:.2e}", max_abs(want), diff);
+            }
+            if report.worst_grad.as_ref().is_none_or(|w| err > w.1) {
+                report.worst_grad = Some((name.clone(), err));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Mean cross-entropy of logits [N, C] against integer labels.
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: &[i64], device: &B::Device) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    let idx: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(labels.to_vec(), [n, 1]), device);
+    let logp = activation::log_softmax(logits, 1);
+    logp.gather(1, idx).mean().neg()
+}

@@ -1,0 +1,57 @@
+//! Numerical parity with timm on every fixture in `$MNAS_FIXTURES` (default `../shared/fixtures`).
+
+use std::path::PathBuf;
+
+use mnas_model::parity::check_fixture;
+
+const LOGITS_TOL: f64 = 1e-4;
+const GRAD_TOL: f64 = 1e-3;
+
+fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("MNAS_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    }
+}
+
+#[test]
+fn timm_parity() {
+    let dir = fixtures_dir();
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read fixture directory {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    fixtures.sort();
+    assert!(!fixtures.is_empty(), "no *.safetensors fixtures in {}", dir.display());
+    let mut failures = Vec::new();
+    for path in &fixtures {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        match check_fixture(path) {
+            Ok(r) => {
+                let mut line = format!("{name}: {} logits_eval={:.2e}", r.model, r.logits_eval);
+                let mut ok = r.logits_eval <= LOGITS_TOL;
+                if let (Some(lt), Some(loss)) = (r.logits_train, r.loss_train) {
+                    line += &format!(" logits_train={lt:.2e} loss_train={loss:.2e}");
+                    ok &= lt <= LOGITS_TOL && loss <= LOGITS_TOL;
+                }
+                if let Some((param, g)) = &r.worst_grad {
+                    line += &format!(
+                        " grads={} ({} exact-zero BN biases) worst_grad={g:.2e} ({param})",
+                        r.grads_checked, r.grads_at_noise_floor
+                    );
+                    ok &= *g <= GRAD_TOL;
+                }
+                println!("{} {line}", if ok { "PASS" } else { "FAIL" });
+                if !ok {
+                    failures.push(line);
+                }
+            }
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), fixtures.len(), failures.join("\n"));
+}
