@@ -1,1 +1,75 @@
-fn main(){}
+//! `mnas`: platform-aware neural architecture search (MnasNet) in one binary.
+
+mod commands;
+mod spec;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mnas",
+    version,
+    about = "Platform-aware neural architecture search (MnasNet, Tan et al. 2019)",
+    long_about = "mnas searches the MnasNet factorized hierarchical space for CNNs that are both accurate \
+                  and fast on your hardware, and builds, measures and exports the paper's models.\n\n\
+                  Start with:\n  mnas arch show mnasnet-a1      layer table, params and MACs of MnasNet-A1\n  \
+                  mnas space info                 the search space and its size\n  \
+                  mnas space sample --seed 1      a random model from the space",
+    propagate_version = true
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); also RUST_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect architectures: the model zoo, block strings, arch JSON files.
+    #[command(subcommand)]
+    Arch(commands::arch::ArchCommand),
+    /// The paper's search space: its decisions, size, and seeded samples.
+    #[command(subcommand)]
+    Space(commands::space::SpaceCommand),
+    /// Model weights: import timm checkpoints, initialise, inspect.
+    #[command(subcommand)]
+    Weights(commands::weights::WeightsCommand),
+    /// Export a model to ONNX for deployment.
+    #[command(subcommand)]
+    Export(commands::export::ExportCommand),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Arch(cmd) => commands::arch::run(cmd),
+        Command::Space(cmd) => commands::space::run(cmd),
+        Command::Weights(cmd) => commands::weights::run(cmd),
+        Command::Export(cmd) => commands::export::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line that names the problem: the context chain joined, no backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

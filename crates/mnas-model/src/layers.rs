@@ -5,7 +5,7 @@ use burn::module::{Module, Param, RunningState};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{activation, Distribution, Tensor};
+use burn::tensor::{activation, DType, Distribution, Tensor, TensorData};
 use mnas_space::Activation;
 
 /// Convolution with PyTorch's weight layout [out, in/groups, k, k] and symmetric padding k/2.
@@ -76,17 +76,19 @@ impl<B: Backend> BatchNorm<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let (mean, var) = if B::ad_enabled(&x.device()) {
-            let flat = x.clone().swap_dims(0, 1).reshape([c, n * h * w]);
+            // Statistics in f64, as PyTorch accumulates them on CPU: f32 sums over thousands of
+            // activations lose enough digits to flip ReLU masks downstream of small-variance BNs.
+            let flat = x.clone().swap_dims(0, 1).reshape([c, n * h * w]).cast(DType::F64);
             let mean = flat.clone().mean_dim(1);
             let var = (flat - mean.clone()).square().mean_dim(1);
+            let (mean, var) = (mean.cast(DType::F32), var.cast(DType::F32));
             let count = (n * h * w) as f64;
             let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
             let m = self.momentum;
             let mean1: Tensor<B, 1> = mean.clone().detach().reshape([c]);
             let var1: Tensor<B, 1> = var.clone().detach().reshape([c]);
             self.running_mean.update(self.running_mean.value_sync().mul_scalar(1.0 - m) + mean1.mul_scalar(m));
-            self.running_var
-                .update(self.running_var.value_sync().mul_scalar(1.0 - m) + var1.mul_scalar(m * unbiased));
+            self.running_var.update(self.running_var.value_sync().mul_scalar(1.0 - m) + var1.mul_scalar(m * unbiased));
             (mean.reshape([1, c, 1, 1]), var.reshape([1, c, 1, 1]))
         } else {
             (self.running_mean.value().reshape([1, c, 1, 1]), self.running_var.value().reshape([1, c, 1, 1]))
@@ -97,10 +99,26 @@ impl<B: Backend> BatchNorm<B> {
 }
 
 pub fn activate<B: Backend>(x: Tensor<B, 4>, act: Activation) -> Tensor<B, 4> {
+    if crate::kinks::armed() {
+        return activate_with_kinks(x, act);
+    }
     match act {
         Activation::Relu => activation::relu(x),
         Activation::Relu6 => x.clamp(0.0, 6.0),
     }
+}
+
+/// The same activation written as x * mask (+ 6 * saturated), with masks from [`crate::kinks`].
+fn activate_with_kinks<B: Backend>(x: Tensor<B, 4>, act: Activation) -> Tensor<B, 4> {
+    let (shape, device) = (x.dims(), x.device());
+    let values = x.clone().into_data().convert::<f32>().to_vec::<f32>().expect("float tensor");
+    let upper = (act == Activation::Relu6).then_some(6.0);
+    let (pass, sat) = crate::kinks::masks(&values, upper);
+    let pass = Tensor::<B, 4>::from_data(TensorData::new(pass, shape), &device);
+    let sat = Tensor::<B, 4>::from_data(TensorData::new(sat, shape), &device);
+    let probe = Tensor::<B, 4>::zeros(shape, &device).require_grad();
+    crate::kinks::push_probe(Box::new(probe.clone()));
+    x * pass + sat * 6.0 + probe
 }
 
 /// Squeeze-and-excitation with timm's layout: two 1x1 convs with bias, ReLU between, sigmoid gate.

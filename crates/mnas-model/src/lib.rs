@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod kinks;
 pub mod layers;
 pub mod net;
 pub mod parity;

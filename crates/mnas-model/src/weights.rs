@@ -178,7 +178,10 @@ pub fn load<B: Backend>(model: &mut MnasNet<B>, path: &Path, device: &B::Device)
     if let Some(extra) = leftover.first() {
         return Err(st_err(
             path,
-            format!("{} tensor(s) not used by this architecture, e.g. `{extra}`: the weights belong to another model", leftover.len()),
+            format!(
+                "{} tensor(s) not used by this architecture, e.g. `{extra}`: the weights belong to another model",
+                leftover.len()
+            ),
         ));
     }
     Ok(())
@@ -186,9 +189,7 @@ pub fn load<B: Backend>(model: &mut MnasNet<B>, path: &Path, device: &B::Device)
 
 /// Reads one F32 tensor by name, checking its shape.
 pub fn read_tensor(st: &SafeTensors<'_>, path: &Path, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
-    let view = st
-        .tensor(name)
-        .map_err(|_| ModelError::MissingTensor { path: path.into(), name: name.into() })?;
+    let view = st.tensor(name).map_err(|_| ModelError::MissingTensor { path: path.into(), name: name.into() })?;
     let values = view_to_f32(&view, path, name)?;
     if view.shape() != expected {
         return Err(ModelError::ShapeMismatch {

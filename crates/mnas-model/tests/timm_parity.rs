@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use mnas_model::parity::check_fixture;
 
 const LOGITS_TOL: f64 = 1e-4;
-const GRAD_TOL: f64 = 1e-3;
+const GRAD_TOL: f64 = mnas_model::parity::GRAD_TOLERANCE;
 
 fn fixtures_dir() -> PathBuf {
     match std::env::var_os("MNAS_FIXTURES") {
@@ -40,6 +40,9 @@ fn timm_parity() {
                         " grads={} ({} exact-zero BN biases) worst_grad={g:.2e} ({param})",
                         r.grads_checked, r.grads_at_noise_floor
                     );
+                    if r.kinks_near > 0 {
+                        line += &format!(" near-kink activations={} flipped={}", r.kinks_near, r.kinks_flipped);
+                    }
                     ok &= *g <= GRAD_TOL;
                 }
                 println!("{} {line}", if ok { "PASS" } else { "FAIL" });

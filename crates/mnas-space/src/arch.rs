@@ -144,7 +144,10 @@ pub enum Residual {
     None,
     Identity,
     /// AvgPool(kernel = stride, ceil mode) on the input, then an optional 1x1 conv + BN.
-    Pool { stride: u32, project: bool },
+    Pool {
+        stride: u32,
+        project: bool,
+    },
 }
 
 /// One concrete layer with every size resolved: what the model builder and the cost counter use.
@@ -219,8 +222,7 @@ impl Arch {
             return bad("blocks".into(), "an architecture needs at least one block".into());
         }
         for (i, b) in self.blocks.iter().enumerate() {
-            b.validate()
-                .map_err(|reason| SpaceError::InvalidArch { field: format!("blocks[{i}]"), reason })?;
+            b.validate().map_err(|reason| SpaceError::InvalidArch { field: format!("blocks[{i}]"), reason })?;
         }
         Ok(())
     }
@@ -314,7 +316,7 @@ impl Arch {
 
 impl Block {
     pub fn validate(&self) -> Result<(), String> {
-        if self.kernel == 0 || self.kernel % 2 == 0 || self.kernel > 11 {
+        if self.kernel == 0 || self.kernel.is_multiple_of(2) || self.kernel > 11 {
             return Err(format!(
                 "kernel must be odd and between 1 and 11 (symmetric padding k/2), got {}",
                 self.kernel

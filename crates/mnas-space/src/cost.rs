@@ -132,11 +132,7 @@ pub fn count(arch: &Arch) -> Counts {
         params: head as u64 * classes + classes,
         macs: head as u64 * classes,
     });
-    Counts {
-        params: rows.iter().map(|r| r.params).sum(),
-        macs: rows.iter().map(|r| r.macs).sum(),
-        layers: rows,
-    }
+    Counts { params: rows.iter().map(|r| r.params).sum(), macs: rows.iter().map(|r| r.macs).sum(), layers: rows }
 }
 
 #[cfg(test)]

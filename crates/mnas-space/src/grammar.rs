@@ -44,9 +44,7 @@ impl Block {
 }
 
 fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
-    value
-        .parse::<T>()
-        .map_err(|_| format!("`{key}{value}`: `{value}` is not a valid number for `{key}`"))
+    value.parse::<T>().map_err(|_| format!("`{key}{value}`: `{value}` is not a valid number for `{key}`"))
 }
 
 fn parse_block(text: &str) -> Result<Block, String> {
@@ -65,7 +63,9 @@ fn parse_block(text: &str) -> Result<Block, String> {
         }
         _ if first.starts_with('r') => None, // TF grammar: no type word
         _ => {
-            return Err(format!("unknown block type `{first}` (expected ir, ds, cn, or a TF string starting with r<repeats>)"));
+            return Err(format!(
+                "unknown block type `{first}` (expected ir, ds, cn, or a TF string starting with r<repeats>)"
+            ));
         }
     };
     if explicit_op.is_some() {
@@ -124,7 +124,11 @@ fn parse_block(text: &str) -> Result<Block, String> {
                     }
                     "c" | "o" => set_once(&mut out, key, value)?,
                     "i" => set_once(&mut input, "i", value)?,
-                    _ => return Err(format!("unknown field `{part}` (expected r, k, s, e, c/o, i, se, skip, noskip or pool)")),
+                    _ => {
+                        return Err(format!(
+                            "unknown field `{part}` (expected r, k, s, e, c/o, i, se, skip, noskip or pool)"
+                        ))
+                    }
                 }
             }
         }
@@ -162,9 +166,13 @@ pub fn parse_block_list(text: &str) -> Result<Arch, SpaceError> {
     let mut head = 1280;
     for item in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
         if let Some(v) = item.strip_prefix("stem").filter(|v| v.chars().all(|c| c.is_ascii_digit())) {
-            stem = v.parse().map_err(|_| SpaceError::BlockString { input: item.into(), reason: "bad stem width".into() })?;
+            stem = v
+                .parse()
+                .map_err(|_| SpaceError::BlockString { input: item.into(), reason: "bad stem width".into() })?;
         } else if let Some(v) = item.strip_prefix("head").filter(|v| v.chars().all(|c| c.is_ascii_digit())) {
-            head = v.parse().map_err(|_| SpaceError::BlockString { input: item.into(), reason: "bad head width".into() })?;
+            head = v
+                .parse()
+                .map_err(|_| SpaceError::BlockString { input: item.into(), reason: "bad head width".into() })?;
         } else {
             blocks.push(Block::parse(item)?);
         }

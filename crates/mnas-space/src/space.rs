@@ -37,7 +37,8 @@ pub const CONV_OPS: [(ConvOp, u32, &str); 4] = [
 ];
 pub const KERNELS: [u32; 2] = [3, 5];
 pub const SE_RATIOS: [f64; 2] = [0.0, 0.25];
-pub const SKIP_OPS: [(SkipOp, &str); 3] = [(SkipOp::Pool, "pool"), (SkipOp::Identity, "identity"), (SkipOp::None, "none")];
+pub const SKIP_OPS: [(SkipOp, &str); 3] =
+    [(SkipOp::Pool, "pool"), (SkipOp::Identity, "identity"), (SkipOp::None, "none")];
 pub const FILTER_MULTIPLIERS: [f64; 3] = [0.75, 1.0, 1.25];
 pub const LAYER_DELTAS: [i32; 3] = [-1, 0, 1];
 
@@ -214,7 +215,8 @@ impl SearchSpace {
             tokens.push(find("kernel", KERNELS.iter().position(|&k| k == b.kernel))?);
             tokens.push(find("SE ratio", SE_RATIOS.iter().position(|&r| r == b.se_ratio))?);
             tokens.push(find("skip op", SKIP_OPS.iter().position(|o| o.0 == b.skip))?);
-            tokens.push(find("filters", FILTER_MULTIPLIERS.iter().position(|&m| round_filters(c, m) == b.out_channels))?);
+            tokens
+                .push(find("filters", FILTER_MULTIPLIERS.iter().position(|&m| round_filters(c, m) == b.out_channels))?);
             tokens.push(find("layers", LAYER_DELTAS.iter().position(|&d| (n as i32 + d).max(1) as u32 == b.repeats))?);
         }
         Ok(tokens)

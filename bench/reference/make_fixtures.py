@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Writes timm parity fixtures in the format of ../shared/fixtures (DESIGN §4).
+
+Each fixture is <name>.safetensors with `model.<timm state_dict name>` tensors (random weights,
+randomised BN statistics), `input`, `logits_eval`; train fixtures add `labels`, `logits_train`,
+`loss_train` and `grad.<param>`; plus a <name>.json sidecar.
+
+    pip install torch timm safetensors
+    python bench/reference/make_fixtures.py OUT_DIR
+    MNAS_FIXTURES=OUT_DIR cargo test --release --workspace timm_parity -- --nocapture
+"""
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+# (timm model, classes, input size, batch, with gradients). Train-mode fixtures need enough values
+# per BN channel at the last stages: at 32x32 with batch 4 or 40x40 with batch 2, timm's own fp32
+# gradients differ from its fp64 ones by 1e-2..3e-1, so no implementation can match them to 1e-3.
+VARIANTS = [
+    ("mnasnet_100", 1000, 224, 1, False),
+    ("semnasnet_075", 10, 64, 4, True),
+    ("mnasnet_140", 100, 96, 3, False),
+    ("mobilenetv2_100", 10, 64, 8, True),
+    ("semnasnet_050", 1000, 128, 2, False),
+    ("mnasnet_small", 1000, 224, 2, False),
+    ("mnasnet_050", 10, 48, 6, True),
+    ("semnasnet_140", 10, 96, 4, True),
+]
+
+
+def randomise(model, gen):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.2, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+
+
+def main(out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (name, classes, size, batch, train) in enumerate(VARIANTS):
+        torch.manual_seed(100 + i)
+        gen = torch.Generator().manual_seed(200 + i)
+        model = timm.create_model(name, num_classes=classes)
+        randomise(model, gen)
+        x = torch.randn(batch, 3, size, size, generator=gen)
+        tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()
+                   if not k.endswith("num_batches_tracked")}
+        model.eval()
+        with torch.no_grad():
+            tensors["logits_eval"] = model(x)
+        tensors["input"] = x
+        if train:
+            model.train()
+            labels = torch.randint(0, classes, (batch,), generator=gen)
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            loss.backward()
+            tensors["labels"] = labels
+            tensors["logits_train"] = logits.detach()
+            tensors["loss_train"] = loss.detach().reshape(1)
+            for k, p in model.named_parameters():
+                tensors[f"grad.{k}"] = p.grad.detach().clone()
+        stem = f"{name}_{size}{'_train' if train else ''}"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{stem}.safetensors"))
+        meta = {"timm_model": name, "timm_version": timm.__version__, "torch_version": torch.__version__,
+                "input_size": size, "batch": batch, "num_classes": classes,
+                "params": sum(p.numel() for p in model.parameters())}
+        (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
+        print(f"wrote {stem}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "target/fixtures-extra"))

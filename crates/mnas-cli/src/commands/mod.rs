@@ -1,0 +1,4 @@
+pub mod arch;
+pub mod export;
+pub mod space;
+pub mod weights;

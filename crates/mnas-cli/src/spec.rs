@@ -1,0 +1,51 @@
+//! Turning what a user types for `--arch` into an Arch: a zoo name, a JSON file, or block strings.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mnas_space::{lookup, parse_block_list, Arch, MODEL_NAMES};
+
+/// Options that adjust any architecture given on the command line.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ArchOverrides {
+    /// Width (channel) multiplier, applied with timm's round_channels (e.g. 0.75, 1.4).
+    #[arg(long)]
+    pub width: Option<f64>,
+    /// Square input resolution in pixels.
+    #[arg(long)]
+    pub resolution: Option<u32>,
+    /// Number of output classes.
+    #[arg(long)]
+    pub classes: Option<u32>,
+}
+
+/// Resolves NAME | FILE | BLOCKSTRINGS, then applies the overrides and validates.
+pub fn resolve(spec: &str, overrides: &ArchOverrides) -> Result<Arch> {
+    let mut arch = if let Ok(arch) = lookup(spec) {
+        arch
+    } else if Path::new(spec).is_file() {
+        let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {spec}"))?;
+        Arch::from_json(&text).with_context(|| spec.to_string())?
+    } else if spec.contains('_') {
+        parse_block_list(spec)?
+    } else if spec.ends_with(".json") {
+        bail!("{spec}: no such file");
+    } else {
+        bail!(
+            "unknown model `{spec}`: not a model name, an arch JSON file or block strings; known models: {}",
+            MODEL_NAMES.join(", ")
+        );
+    };
+    if let Some(w) = overrides.width {
+        arch.width = w;
+    }
+    if let Some(r) = overrides.resolution {
+        arch.resolution = r;
+    }
+    if let Some(c) = overrides.classes {
+        arch.num_classes = c;
+    }
+    arch.validate()?;
+    Ok(arch)
+}
