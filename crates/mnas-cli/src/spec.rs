@@ -10,7 +10,7 @@ use mnas_space::{lookup, parse_block_list, Arch, MODEL_NAMES};
 #[derive(Args, Debug, Clone, Default)]
 pub struct ArchOverrides {
     /// Width (channel) multiplier, applied with timm's round_channels (e.g. 0.75, 1.4).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub width: Option<f64>,
     /// Square input resolution in pixels.
     #[arg(long)]
@@ -27,7 +27,7 @@ pub fn resolve(spec: &str, overrides: &ArchOverrides) -> Result<Arch> {
     } else if Path::new(spec).is_file() {
         let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {spec}"))?;
         Arch::from_json(&text).with_context(|| spec.to_string())?
-    } else if spec.contains('_') {
+    } else if looks_like_block_strings(spec) {
         parse_block_list(spec)?
     } else if spec.ends_with(".json") {
         bail!("{spec}: no such file");
@@ -48,4 +48,13 @@ pub fn resolve(spec: &str, overrides: &ArchOverrides) -> Result<Arch> {
     }
     arch.validate()?;
     Ok(arch)
+}
+
+/// Block strings start with a block type (`ir_`, `ds_`, `cn_`, ...) or, in the TF grammar, `r<N>_`.
+fn looks_like_block_strings(spec: &str) -> bool {
+    let first = spec.split(|c: char| c == ',' || c.is_whitespace()).find(|s| !s.is_empty()).unwrap_or_default();
+    let head = first.split('_').next().unwrap_or_default();
+    first.contains('_')
+        && (matches!(head, "ir" | "ds" | "dsa" | "cn" | "er" | "uir")
+            || (head.len() > 1 && head.starts_with('r') && head[1..].chars().all(|c| c.is_ascii_digit())))
 }
