@@ -3,7 +3,9 @@
 
 Each fixture is <name>.safetensors with `model.<timm state_dict name>` tensors (random weights,
 randomised BN statistics), `input`, `logits_eval`; train fixtures add `labels`, `logits_train`,
-`loss_train` and `grad.<param>`; plus a <name>.json sidecar.
+`loss_train` and `grad.<param>`, and (beyond the shared format) `grad64.<param>`, timm's gradients
+computed in float64, the ground truth when timm's own float32 gradients sit on a ReLU tie; plus a
+<name>.json sidecar.
 
     pip install torch timm safetensors
     python bench/reference/make_fixtures.py OUT_DIR
@@ -42,6 +44,26 @@ def randomise(model, gen):
                 m.bias.normal_(0.0, 0.1, generator=gen)
 
 
+def f32_vs_f64(model, tensors, x, labels):
+    """Worst max|g32 - g64| / max|g64| over parameters (BN biases judged against their weights)."""
+    import copy
+    m64 = copy.deepcopy(model).double()
+    m64.load_state_dict({k[6:]: v.double() for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+    m64.train()
+    torch.nn.functional.cross_entropy(m64(x.double()), labels).backward()
+    g64 = {k: p.grad for k, p in m64.named_parameters()}
+    for k, g in g64.items():
+        tensors[f"grad64.{k}"] = g.float().contiguous()
+    worst = 0.0
+    for k, g in g64.items():
+        scale = g.abs().max().item()
+        if k.endswith(".bias") and f"{k[:-5]}.weight" in g64 and ".bn" in f".{k}":
+            scale = max(scale, g64[f"{k[:-5]}.weight"].abs().max().item())
+        diff = (tensors[f"grad.{k}"].double() - g).abs().max().item()
+        worst = max(worst, diff / max(scale, 1e-30))
+    return worst
+
+
 def main(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     for i, (name, classes, size, batch, train) in enumerate(VARIANTS):
@@ -67,13 +89,18 @@ def main(out: Path):
             tensors["loss_train"] = loss.detach().reshape(1)
             for k, p in model.named_parameters():
                 tensors[f"grad.{k}"] = p.grad.detach().clone()
+            self_check = f32_vs_f64(model, tensors, x, labels)
         stem = f"{name}_{size}{'_train' if train else ''}"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{stem}.safetensors"))
         meta = {"timm_model": name, "timm_version": timm.__version__, "torch_version": torch.__version__,
                 "input_size": size, "batch": batch, "num_classes": classes,
                 "params": sum(p.numel() for p in model.parameters())}
+        if train:
+            # How far timm's own fp32 gradients are from fp64 ones: above ~1e-4 the fixture sits on
+            # a ReLU tie or a near-singular BN and no fp32 implementation can match it to 1e-3.
+            meta["grad_f32_vs_f64"] = self_check
         (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
-        print(f"wrote {stem}")
+        print(f"wrote {stem}" + (f" (timm fp32 vs fp64 gradients: {meta['grad_f32_vs_f64']:.1e})" if train else ""))
 
 
 if __name__ == "__main__":

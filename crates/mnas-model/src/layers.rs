@@ -81,7 +81,8 @@ impl<B: Backend> BatchNorm<B> {
             let flat = x.clone().swap_dims(0, 1).reshape([c, n * h * w]).cast(DType::F64);
             let mean = flat.clone().mean_dim(1);
             let var = (flat - mean.clone()).square().mean_dim(1);
-            let (mean, var) = (mean.cast(DType::F32), var.cast(DType::F32));
+            let dtype = x.dtype();
+            let (mean, var) = (mean.cast(dtype), var.cast(dtype));
             let count = (n * h * w) as f64;
             let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
             let m = self.momentum;
@@ -110,13 +111,13 @@ pub fn activate<B: Backend>(x: Tensor<B, 4>, act: Activation) -> Tensor<B, 4> {
 
 /// The same activation written as x * mask (+ 6 * saturated), with masks from [`crate::kinks`].
 fn activate_with_kinks<B: Backend>(x: Tensor<B, 4>, act: Activation) -> Tensor<B, 4> {
-    let (shape, device) = (x.dims(), x.device());
+    let (shape, device, dtype) = (x.dims(), x.device(), x.dtype());
     let values = x.clone().into_data().convert::<f32>().to_vec::<f32>().expect("float tensor");
     let upper = (act == Activation::Relu6).then_some(6.0);
     let (pass, sat) = crate::kinks::masks(&values, upper);
-    let pass = Tensor::<B, 4>::from_data(TensorData::new(pass, shape), &device);
-    let sat = Tensor::<B, 4>::from_data(TensorData::new(sat, shape), &device);
-    let probe = Tensor::<B, 4>::zeros(shape, &device).require_grad();
+    let pass = Tensor::<B, 4>::from_data(TensorData::new(pass, shape), &device).cast(dtype);
+    let sat = Tensor::<B, 4>::from_data(TensorData::new(sat, shape), &device).cast(dtype);
+    let probe = Tensor::<B, 4>::zeros(shape, &device).cast(dtype).require_grad();
     crate::kinks::push_probe(Box::new(probe.clone()));
     x * pass + sat * 6.0 + probe
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::module::{Param, RunningState};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use mnas_space::{Arch, ConvOp};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -52,14 +52,25 @@ impl<B: Backend> Slot<'_, B> {
         data.convert::<f32>().to_vec::<f32>().expect("float tensor")
     }
 
-    fn set(&mut self, values: Vec<f32>, device: &B::Device) {
+    fn set(&mut self, values: Vec<f32>, device: &B::Device, dtype: Option<DType>) {
         let shape = self.shape();
         let data = TensorData::new(values, shape);
+        fn make<B: Backend, const D: usize>(
+            data: TensorData,
+            device: &B::Device,
+            dtype: Option<DType>,
+        ) -> Tensor<B, D> {
+            let t: Tensor<B, D> = Tensor::from_data(data, device);
+            match dtype {
+                Some(d) => t.cast(d),
+                None => t,
+            }
+        }
         match self {
-            Slot::P4(p) => **p = Param::initialized(p.id, Tensor::from_data(data, device).require_grad()),
-            Slot::P2(p) => **p = Param::initialized(p.id, Tensor::from_data(data, device).require_grad()),
-            Slot::P1(p) => **p = Param::initialized(p.id, Tensor::from_data(data, device).require_grad()),
-            Slot::Running(r) => **r = RunningState::new(Tensor::from_data(data, device)),
+            Slot::P4(p) => **p = Param::initialized(p.id, make(data, device, dtype).require_grad()),
+            Slot::P2(p) => **p = Param::initialized(p.id, make(data, device, dtype).require_grad()),
+            Slot::P1(p) => **p = Param::initialized(p.id, make(data, device, dtype).require_grad()),
+            Slot::Running(r) => **r = RunningState::new(make(data, device, dtype)),
         }
     }
 }
@@ -153,6 +164,16 @@ pub fn stored_arch(path: &Path) -> Result<Option<Arch>, ModelError> {
 /// detected. Every tensor must be present with the right shape, and no unused model tensor may
 /// remain (that would mean the file belongs to another architecture).
 pub fn load<B: Backend>(model: &mut MnasNet<B>, path: &Path, device: &B::Device) -> Result<(), ModelError> {
+    load_as(model, path, device, None)
+}
+
+/// [`load`], with every tensor cast to `dtype` (the parity check's float64 gradient pass).
+pub fn load_as<B: Backend>(
+    model: &mut MnasNet<B>,
+    path: &Path,
+    device: &B::Device,
+    dtype: Option<DType>,
+) -> Result<(), ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.into(), source })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| st_err(path, e))?;
     let names: BTreeSet<String> = st.names().into_iter().cloned().collect();
@@ -165,7 +186,7 @@ pub fn load<B: Backend>(model: &mut MnasNet<B>, path: &Path, device: &B::Device)
         }
         let key = format!("{prefix}{name}");
         result = read_tensor(&st, path, &key, &slot.shape()).map(|values| {
-            slot.set(values, device);
+            slot.set(values, device, dtype);
             used.insert(key);
         });
     });
