@@ -42,6 +42,13 @@ enum Command {
     /// Export a model to ONNX for deployment.
     #[command(subcommand)]
     Export(commands::export::ExportCommand),
+    /// Train a model: a short proxy run (the search's accuracy signal) or the paper's full recipe.
+    Train(commands::train::TrainArgs),
+    /// Top-1/top-5 of trained weights on a dataset's test split (or the held-out split).
+    Eval(commands::train::EvalArgs),
+    /// Measure inference latency on this machine (batch 1, pinned core).
+    #[command(long_about = commands::latency::LONG_ABOUT)]
+    Latency(commands::latency::LatencyArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -63,6 +70,9 @@ fn main() -> ExitCode {
         Command::Space(cmd) => commands::space::run(cmd),
         Command::Weights(cmd) => commands::weights::run(cmd),
         Command::Export(cmd) => commands::export::run(cmd),
+        Command::Latency(args) => commands::latency::run(args),
+        Command::Train(args) => commands::train::run_train(args),
+        Command::Eval(args) => commands::train::run_eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

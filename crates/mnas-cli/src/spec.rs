@@ -52,7 +52,13 @@ pub fn resolve(spec: &str, overrides: &ArchOverrides) -> Result<Arch> {
 
 /// Block strings start with a block type (`ir_`, `ds_`, `cn_`, ...) or, in the TF grammar, `r<N>_`.
 fn looks_like_block_strings(spec: &str) -> bool {
-    let first = spec.split(|c: char| c == ',' || c.is_whitespace()).find(|s| !s.is_empty()).unwrap_or_default();
+    let is_width = |s: &str| {
+        ["stem", "head"]
+            .iter()
+            .any(|p| s.strip_prefix(p).is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())))
+    };
+    let first =
+        spec.split(|c: char| c == ',' || c.is_whitespace()).find(|s| !s.is_empty() && !is_width(s)).unwrap_or_default();
     let head = first.split('_').next().unwrap_or_default();
     first.contains('_')
         && (matches!(head, "ir" | "ds" | "dsa" | "cn" | "er" | "uir")

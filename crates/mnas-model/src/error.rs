@@ -20,6 +20,10 @@ pub enum ModelError {
     ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
     #[error("{path}: tensor `{name}` has dtype {dtype}, expected F32")]
     Dtype { path: PathBuf, name: String, dtype: String },
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Data(#[from] mnas_data::DataError),
     #[error("{path}: tensor `{name}` holds non-finite values")]
     NonFinite { path: PathBuf, name: String },
 }

@@ -7,6 +7,7 @@ pub mod kinks;
 pub mod layers;
 pub mod net;
 pub mod parity;
+pub mod train;
 pub mod weights;
 
 pub use burn;

@@ -1,4 +1,6 @@
 pub mod arch;
 pub mod export;
+pub mod latency;
 pub mod space;
+pub mod train;
 pub mod weights;

@@ -1,0 +1,210 @@
+//! `mnas latency`: inference latency of an architecture on this machine, through the latency store.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mnas_latency::{measure, measure_cached_with, MeasureOptions, Measurement, Progress, Store};
+
+use crate::spec::{resolve, ArchOverrides};
+use crate::table::{render, thousands};
+
+/// The long help of `mnas latency` (`main.rs` attaches it; its one-line summary is the doc comment there).
+pub const LONG_ABOUT: &str = "Measure inference latency on this machine (batch 1, pinned core).
+
+The model gets random weights (weights do not change latency) and runs in inference form: BN \
+folded into the convolutions, no autodiff. Each engine thread is pinned to its own core; after \
+the warm-up, --runs timed forward passes give median / p10 / p90 / CV, and the runs are repeated \
+(up to twice) when the CV exceeds --max-cv.
+
+Results go to a SQLite store keyed by (arch, resolution, batch, threads, device fingerprint, \
+engine): asking again on the same device answers from the store without measuring.";
+
+/// Arguments of `mnas latency`.
+#[derive(Args, Debug)]
+pub struct LatencyArgs {
+    /// Architecture: a zoo name (mnasnet-a1, ...), an arch JSON file, or block strings.
+    #[arg(long)]
+    pub arch: String,
+    #[command(flatten)]
+    pub overrides: ArchOverrides,
+    /// Engine threads, each pinned to its own core.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Timed forward passes.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Untimed forward passes first.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Core to pin to (the first of them with --threads > 1); default: the last allowed core(s).
+    #[arg(long)]
+    pub core: Option<usize>,
+    /// Largest coefficient of variation (std / mean) accepted before re-measuring.
+    #[arg(long, default_value_t = 0.10)]
+    pub max_cv: f64,
+    /// Latency store [default: $XDG_CACHE_HOME/mnas/latency.sqlite, else ~/.cache/mnas/latency.sqlite].
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Measure without reading or writing the store.
+    #[arg(long, conflicts_with = "store")]
+    pub no_store: bool,
+    /// Measure even when the store has this arch, and replace the stored value.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Also time every layer (stem, blocks.i.j, head, classifier); always measures.
+    #[arg(long)]
+    pub per_layer: bool,
+    /// Print the measurement as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `$XDG_CACHE_HOME/mnas/latency.sqlite`, else `$HOME/.cache/mnas/latency.sqlite`.
+pub fn default_store() -> Option<PathBuf> {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let cache = nonempty("XDG_CACHE_HOME").or_else(|| nonempty("HOME").map(|h| h.join(".cache")))?;
+    Some(cache.join("mnas").join("latency.sqlite"))
+}
+
+pub fn run(args: LatencyArgs) -> Result<()> {
+    let arch = resolve(&args.arch, &args.overrides)?;
+    let opts = MeasureOptions {
+        threads: args.threads,
+        runs: args.runs,
+        warmup: args.warmup,
+        batch: args.batch,
+        max_cv: args.max_cv,
+        core: args.core,
+        per_layer: args.per_layer,
+        ..MeasureOptions::default()
+    };
+    opts.validate()?;
+    // Fail on a thread count or core this machine cannot honour before touching the store.
+    measure::planned_cores(&opts)?;
+    let store = if args.no_store {
+        None
+    } else {
+        let Some(path) = args.store.clone().or_else(default_store) else {
+            bail!("no cache directory (neither XDG_CACHE_HOME nor HOME is set): pass --store PATH or --no-store");
+        };
+        Some(Store::open(&path)?)
+    };
+
+    let bar = progress_bar(&opts);
+    let on_progress = |p: Progress| {
+        if let Some(bar) = &bar {
+            match p {
+                Progress::Start { attempt, total } => {
+                    bar.set_length(total as u64);
+                    bar.set_position(0);
+                    bar.set_message(if attempt == 1 { "timing".to_string() } else { format!("re-timing ({attempt})") });
+                }
+                Progress::Run { done } => bar.set_position(done as u64),
+                Progress::Layers { done, total } => {
+                    bar.set_length(total as u64);
+                    bar.set_message("per layer");
+                    bar.set_position(done as u64);
+                }
+            }
+        }
+    };
+    let run_measure = |a: &_, o: &_| measure::measure(a, o, &on_progress);
+    let outcome = match &store {
+        None => run_measure(&arch, &opts).map(|m| (m, false)),
+        Some(store) if args.refresh => run_measure(&arch, &opts).and_then(|m| store.put(&m).map(|()| (m, false))),
+        Some(store) => measure_cached_with(store, &arch, &opts, run_measure),
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let (m, cached) = outcome?;
+
+    let store_path = store.as_ref().map(|s| s.path().display().to_string());
+    if args.json {
+        let out = serde_json::json!({
+            "measurement": m,
+            "fingerprint_key": m.fingerprint.key(),
+            "cached": cached,
+            "store": store_path,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    print_report(&m, cached, store_path.as_deref(), &opts);
+    Ok(())
+}
+
+/// A bar on stderr for the timed runs, only when stderr is a terminal.
+fn progress_bar(opts: &MeasureOptions) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(opts.runs as u64), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} runs, {elapsed}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message("warming up");
+    Some(bar)
+}
+
+fn print_report(m: &Measurement, cached: bool, store: Option<&str>, opts: &MeasureOptions) {
+    let name = m.name.as_deref().unwrap_or("custom arch");
+    let threads = if m.threads == 1 { "1 thread".to_string() } else { format!("{} threads", m.threads) };
+    println!(
+        "{name} at {r}x{r}, batch {}, {threads}: median {:.2} ms (p10 {:.2}, p90 {:.2}, CV {:.3}){}",
+        m.batch,
+        m.median_ms,
+        m.p10_ms,
+        m.p90_ms,
+        m.cv,
+        if cached { " (cached)" } else { "" },
+        r = m.resolution,
+    );
+    let attempts = if m.attempts == 1 { String::new() } else { format!(", {} attempts", m.attempts) };
+    if m.stable {
+        println!(
+            "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms",
+            m.runs, m.warmup, m.min_ms, m.mean_ms
+        );
+    } else {
+        println!(
+            "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms; UNSTABLE: CV {:.3} stayed above \
+             {:.3} (a busy machine?); the median is the best estimate",
+            m.runs, m.warmup, m.min_ms, m.mean_ms, m.cv, opts.max_cv
+        );
+    }
+    println!("device: {}", m.fingerprint.summary());
+    println!("fingerprint: {}, measured {}", m.fingerprint.key(), m.measured_at);
+    match store {
+        Some(path) if cached => println!("store: {path} (cached; --refresh measures again)"),
+        Some(path) => println!("store: {path} (stored)"),
+        None => println!("store: not used (--no-store)"),
+    }
+    if let Some(layers) = &m.per_layer {
+        let total: f64 = layers.iter().map(|l| l.median_ms).sum();
+        let rows: Vec<Vec<String>> = layers
+            .iter()
+            .map(|l| {
+                let gmacs = if l.median_ms > 0.0 { l.macs as f64 / (l.median_ms * 1e6) } else { 0.0 };
+                vec![
+                    l.name.clone(),
+                    l.description.clone(),
+                    format!("{:.3}", l.median_ms),
+                    format!("{:.1}%", 100.0 * l.median_ms / total.max(f64::MIN_POSITIVE)),
+                    thousands(l.macs),
+                    format!("{gmacs:.1}"),
+                ]
+            })
+            .collect();
+        println!();
+        print!("{}", render(&["layer", "op", "ms", "share", "MACs", "GMAC/s"], &rows));
+        println!("sum of layer medians: {total:.2} ms");
+    }
+}

@@ -1,0 +1,107 @@
+//! `mnas latency` as a user runs it: a quick measurement that the store serves the second time,
+//! JSON output, and one clear line (exit 2) for bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Runs mnas with the cache directory pointed into the test's scratch directory, so that no
+/// test ever touches the user's store.
+fn mnas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mnas"))
+        .args(args)
+        .env("XDG_CACHE_HOME", scratch("xdg"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mnas")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mnas-cli-latency-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Asserts a failed run: exit code 2, exactly one stderr line, starting `error: ` and containing
+/// `needle`, no panic.
+fn assert_clean_error(args: &[&str], needle: &str) {
+    let o = mnas(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {err}");
+}
+
+const QUICK: &[&str] = &["latency", "--arch", "mnasnet-a1", "--runs", "3", "--warmup", "1", "--resolution", "64"];
+
+fn quick(extra: &[&str]) -> Output {
+    let args: Vec<&str> = QUICK.iter().chain(extra).copied().collect();
+    mnas(&args)
+}
+
+#[test]
+fn second_request_is_served_from_the_store() {
+    let store = scratch("reuse").join("latency.sqlite");
+    let store = store.to_str().expect("utf-8 temp path");
+    let first = quick(&["--store", store]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let out = stdout(&first);
+    assert!(out.contains("median") && out.contains("p10") && out.contains("p90") && out.contains("CV"), "{out}");
+    assert!(out.contains("burn-flex 0.21.0") && out.contains("fingerprint:"), "{out}");
+    assert!(!out.contains("(cached)") && out.contains("(stored)"), "{out}");
+
+    let second = quick(&["--store", store]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let again = stdout(&second);
+    assert!(again.contains("(cached)"), "{again}");
+    // Same numbers: nothing was measured.
+    assert_eq!(out.lines().next().map(|l| l.to_string() + " (cached)"), again.lines().next().map(String::from));
+
+    let json = quick(&["--store", store, "--json"]);
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["cached"], true);
+    let m = &v["measurement"];
+    assert_eq!((m["resolution"].as_u64(), m["threads"].as_u64(), m["runs"].as_u64()), (Some(64), Some(1), Some(3)));
+    assert!(m["arch"].as_str().is_some_and(|a| a.ends_with("|r64")), "{m}");
+    assert_eq!(m["fingerprint"]["engine"], "burn-flex");
+    assert_eq!(m["fingerprint"]["cores"].as_array().map(Vec::len), Some(1));
+    assert!(m["median_ms"].as_f64().is_some_and(|t| t > 0.0));
+}
+
+#[test]
+fn no_store_and_per_layer_measure() {
+    let o = quick(&["--no-store", "--per-layer"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(out.contains("store: not used"), "{out}");
+    assert!(out.contains("blocks.6.0") && out.contains("classifier") && out.contains("GMAC/s"), "{out}");
+    // The default store (under XDG_CACHE_HOME) was not created.
+    assert!(!scratch("xdg").join("mnas").exists());
+}
+
+#[test]
+fn bad_input_is_one_error_line_and_exit_2() {
+    let dir = scratch("bad");
+    let store = dir.join("ok.sqlite");
+    let store = store.to_str().expect("utf-8 temp path");
+    assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--runs", "0", "--store", store], "runs");
+    assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--threads", "0", "--store", store], "threads");
+    assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--threads", "100000", "--store", store], "threads");
+    assert_clean_error(&["latency", "--arch", "no-such-net", "--store", store], "unknown model");
+    assert_clean_error(&["latency", "--arch", "ir_r1_k4_s1_e6_c16", "--store", store], "kernel");
+    assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--resolution", "0", "--store", store], "resolution");
+    assert!(!dir.join("ok.sqlite").exists(), "bad options must fail before the store is created");
+
+    let as_dir = dir.to_str().expect("utf-8 temp path");
+    assert_clean_error(&[QUICK, &["--store", as_dir]].concat(), "is a directory");
+    let junk = dir.join("junk.sqlite");
+    std::fs::write(&junk, vec![0x5a; 8192]).expect("write junk");
+    assert_clean_error(&[QUICK, &["--store", junk.to_str().expect("utf-8")]].concat(), "not a SQLite database");
+    assert_eq!(std::fs::read(&junk).expect("junk"), vec![0x5a; 8192], "the junk file is left alone");
+}

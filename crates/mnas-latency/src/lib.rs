@@ -1,0 +1,143 @@
+//! mnas-latency: what a network costs on this machine, measured, never proxied (DESIGN §1).
+//!
+//! - [`inference`]: the network in inference form (BN folded into the convs, no autodiff);
+//! - [`measure`]: pinned threads, warm-up, N timed batch forwards, median / p10 / p90 / CV, and a
+//!   re-measurement when the spread is too wide;
+//! - [`fingerprint`]: the device, engine and build every measurement carries;
+//! - [`store`]: the SQLite table a search reuses, so a measured arch costs nothing the second time.
+
+pub mod error;
+pub mod fingerprint;
+pub mod inference;
+pub mod measure;
+pub mod pin;
+pub mod stats;
+pub mod store;
+pub mod timestamp;
+
+use mnas_space::Arch;
+
+pub use error::{LatencyError, Result};
+pub use fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
+pub use inference::InferenceNet;
+pub use measure::{MeasureOptions, Measurement, Progress, StageTime};
+pub use stats::Stats;
+pub use store::{Key, Store};
+
+/// Measures `arch` on this machine (no store).
+pub fn measure_arch(arch: &Arch, opts: &MeasureOptions) -> Result<Measurement> {
+    measure::measure(arch, opts, &|_| {})
+}
+
+/// The store key a measurement of `arch` with `opts` would get on this machine.
+pub fn key_for(arch: &Arch, opts: &MeasureOptions) -> Key {
+    let fingerprint = Fingerprint::current(opts.threads, Vec::new());
+    Key {
+        arch: arch.canonical(),
+        resolution: arch.resolution,
+        batch: opts.batch,
+        threads: opts.threads,
+        fingerprint: fingerprint.key(),
+        engine: fingerprint.engine,
+    }
+}
+
+/// The stored measurement of `arch` on this device when there is one with at least `opts.runs`
+/// runs (`cached = true`), else a new measurement, stored. A per-layer request always measures
+/// (per-layer times are not stored).
+pub fn measure_cached(store: &Store, arch: &Arch, opts: &MeasureOptions) -> Result<(Measurement, bool)> {
+    measure_cached_with(store, arch, opts, measure_arch)
+}
+
+/// [`measure_cached`] with the measurement supplied by the caller (a progress display, a test).
+pub fn measure_cached_with(
+    store: &Store,
+    arch: &Arch,
+    opts: &MeasureOptions,
+    measure: impl FnOnce(&Arch, &MeasureOptions) -> Result<Measurement>,
+) -> Result<(Measurement, bool)> {
+    opts.validate()?;
+    arch.validate()?;
+    if !opts.per_layer {
+        if let Some(m) = store.get(&key_for(arch, opts))? {
+            if m.runs >= opts.runs {
+                tracing::info!(arch = %m.arch, median_ms = m.median_ms, "latency from the store");
+                return Ok((m, true));
+            }
+            tracing::info!(stored = m.runs, wanted = opts.runs, "stored measurement has fewer runs; measuring again");
+        }
+    }
+    let m = measure(arch, opts)?;
+    store.put(&m)?;
+    Ok((m, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn fake(arch: &Arch, opts: &MeasureOptions, median: f64) -> Measurement {
+        Measurement {
+            arch: arch.canonical(),
+            name: arch.name.clone(),
+            resolution: arch.resolution,
+            batch: opts.batch,
+            threads: opts.threads,
+            median_ms: median,
+            p10_ms: median,
+            p90_ms: median,
+            mean_ms: median,
+            min_ms: median,
+            cv: 0.0,
+            runs: opts.runs,
+            warmup: opts.warmup,
+            attempts: 1,
+            stable: true,
+            fingerprint: Fingerprint::current(opts.threads, vec![0]),
+            measured_at: timestamp::utc_now(),
+            per_layer: None,
+        }
+    }
+
+    #[test]
+    fn a_second_request_is_served_from_the_store() {
+        let store = Store::in_memory().unwrap();
+        let arch = mnas_space::lookup("mnasnet-a1").unwrap();
+        let opts = MeasureOptions { runs: 5, ..Default::default() };
+        let calls = Cell::new(0);
+        let counted = |a: &Arch, o: &MeasureOptions| {
+            calls.set(calls.get() + 1);
+            Ok(fake(a, o, 12.5))
+        };
+        let (first, cached) = measure_cached_with(&store, &arch, &opts, counted).unwrap();
+        assert!(!cached);
+        let (second, cached) = measure_cached_with(&store, &arch, &opts, counted).unwrap();
+        assert!(cached);
+        assert_eq!(calls.get(), 1, "the second request must not measure");
+        assert_eq!(first.median_ms, second.median_ms);
+        // Fewer runs asked: still cached. More runs, another resolution or thread count: measured.
+        let fewer = MeasureOptions { runs: 3, ..opts.clone() };
+        assert!(measure_cached_with(&store, &arch, &fewer, counted).unwrap().1);
+        assert_eq!(calls.get(), 1);
+        let more = MeasureOptions { runs: 50, ..opts.clone() };
+        assert!(!measure_cached_with(&store, &arch, &more, counted).unwrap().1);
+        let mut small = arch.clone();
+        small.resolution = 96;
+        assert!(!measure_cached_with(&store, &small, &opts, counted).unwrap().1);
+        let two = MeasureOptions { threads: 2, ..opts.clone() };
+        assert!(!measure_cached_with(&store, &arch, &two, counted).unwrap().1);
+        assert_eq!(calls.get(), 4);
+        assert_eq!(store.len().unwrap(), 3);
+    }
+
+    #[test]
+    fn bad_options_fail_before_measuring() {
+        let store = Store::in_memory().unwrap();
+        let arch = mnas_space::lookup("mnasnet-a1").unwrap();
+        let opts = MeasureOptions { runs: 0, ..Default::default() };
+        let e = measure_cached_with(&store, &arch, &opts, |_, _| panic!("must not measure")).unwrap_err();
+        assert!(e.to_string().contains("runs"), "{e}");
+    }
+}

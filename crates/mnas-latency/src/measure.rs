@@ -1,0 +1,315 @@
+//! Timing a network on this machine: pinned threads, warm-up, N timed batch forwards, and a
+//! re-measurement when the spread is too wide.
+//!
+//! burn-flex parallelises with rayon (its element-wise kernels through `par_iter`, its matmuls
+//! and convolutions through gemm's `Parallelism::Rayon(0)`, which takes
+//! `rayon::current_num_threads()`). So the measurement runs inside a dedicated rayon pool of
+//! exactly `threads` workers, each pinned to its own core; with one thread every kernel runs
+//! serially on one pinned core.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use mnas_model::backend::Cpu;
+use mnas_model::burn::tensor::{Distribution, Tensor};
+use mnas_space::Arch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LatencyError, Result};
+use crate::fingerprint::Fingerprint;
+use crate::inference::InferenceNet;
+use crate::pin::{allowed_cores, choose_cores, pin_current_thread};
+use crate::stats::Stats;
+use crate::timestamp::utc_now;
+
+/// How to measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasureOptions {
+    /// Engine threads, each pinned to its own core.
+    pub threads: usize,
+    /// Timed forward passes per attempt.
+    pub runs: usize,
+    /// Untimed forward passes before the first attempt.
+    pub warmup: usize,
+    pub batch: usize,
+    /// Largest coefficient of variation accepted as stable.
+    pub max_cv: f64,
+    /// Extra attempts when the spread is too wide; the tightest attempt is kept.
+    pub retries: usize,
+    /// First core to pin to; `None` takes the last allowed core(s).
+    pub core: Option<usize>,
+    /// Also time each stage (stem, every layer, head, classifier).
+    pub per_layer: bool,
+    /// Seed of the random weights and input.
+    pub seed: u64,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions {
+            threads: 1,
+            runs: 50,
+            warmup: 10,
+            batch: 1,
+            max_cv: 0.10,
+            retries: 2,
+            core: None,
+            per_layer: false,
+            seed: 0,
+        }
+    }
+}
+
+/// Largest accepted run count, warm-up count and batch: enough for any real use, small enough
+/// that a typo does not tie the machine up for a day.
+const MAX_RUNS: usize = 100_000;
+const MAX_BATCH: usize = 4096;
+
+impl MeasureOptions {
+    /// Checks every field a user can get wrong; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(LatencyError::Option(msg));
+        if self.threads == 0 {
+            return bad("threads must be at least 1".into());
+        }
+        if self.runs == 0 {
+            return bad("runs must be at least 1".into());
+        }
+        if self.runs > MAX_RUNS || self.warmup > MAX_RUNS {
+            return bad(format!("runs and warmup must be at most {MAX_RUNS}"));
+        }
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return bad(format!("batch must be between 1 and {MAX_BATCH}, got {}", self.batch));
+        }
+        if !(self.max_cv.is_finite() && self.max_cv > 0.0) {
+            return bad(format!("max_cv must be > 0, got {}", self.max_cv));
+        }
+        if self.retries > 10 {
+            return bad(format!("retries must be at most 10, got {}", self.retries));
+        }
+        Ok(())
+    }
+}
+
+/// Time of one stage of the network (median over the per-layer runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTime {
+    /// `stem`, `blocks.i.j`, `head` or `classifier` (the rows of `mnas arch show`).
+    pub name: String,
+    pub description: String,
+    /// Multiply-accumulates of the stage for the whole batch.
+    pub macs: u64,
+    pub median_ms: f64,
+}
+
+/// One latency measurement and where it was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// [`Arch::canonical`] of the measured network (includes the resolution).
+    pub arch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub resolution: u32,
+    pub batch: usize,
+    pub threads: usize,
+    pub median_ms: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+    pub mean_ms: f64,
+    pub min_ms: f64,
+    pub cv: f64,
+    /// Timed runs behind these statistics.
+    pub runs: usize,
+    pub warmup: usize,
+    /// Attempts it took (1 + re-measurements).
+    pub attempts: usize,
+    /// Whether the kept attempt's CV is within the accepted spread.
+    pub stable: bool,
+    pub fingerprint: Fingerprint,
+    /// RFC 3339 UTC.
+    pub measured_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<Vec<StageTime>>,
+}
+
+/// Where a measurement is, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// About to run `total` timed passes (attempt counts from 1).
+    Start { attempt: usize, total: usize },
+    /// `done` of the attempt's timed passes finished.
+    Run { done: usize },
+    /// Per-layer timing: `done` of `total` passes.
+    Layers { done: usize, total: usize },
+}
+
+/// The cores a measurement with `opts` would pin its threads to; an error when this process
+/// cannot run that many threads on cores of their own, or `opts.core` is not available.
+pub fn planned_cores(opts: &MeasureOptions) -> Result<Vec<usize>> {
+    choose_cores(&allowed_cores()?, opts.threads, opts.core)
+}
+
+/// Measures `arch` on this machine with `opts` (random weights; weights do not change latency).
+pub fn measure(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) + Sync)) -> Result<Measurement> {
+    opts.validate()?;
+    arch.validate()?;
+    let cores = planned_cores(opts)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .thread_name(|i| format!("mnas-latency-{i}"))
+        .build()
+        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
+    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
+        result?;
+    }
+    tracing::info!(arch = %arch.canonical(), ?cores, threads = opts.threads, "measuring");
+    let (kept, attempts, per_layer) = pool.install(|| run_pinned(arch, opts, progress))?;
+    let stable = kept.cv <= opts.max_cv;
+    if !stable {
+        tracing::info!(cv = kept.cv, max_cv = opts.max_cv, attempts, "latency spread stays too wide");
+    }
+    Ok(Measurement {
+        arch: arch.canonical(),
+        name: arch.name.clone(),
+        resolution: arch.resolution,
+        batch: opts.batch,
+        threads: opts.threads,
+        median_ms: kept.median_ms,
+        p10_ms: kept.p10_ms,
+        p90_ms: kept.p90_ms,
+        mean_ms: kept.mean_ms,
+        min_ms: kept.min_ms,
+        cv: kept.cv,
+        runs: kept.runs,
+        warmup: opts.warmup,
+        attempts,
+        stable,
+        fingerprint: Fingerprint::current(opts.threads, cores),
+        measured_at: utc_now(),
+        per_layer,
+    })
+}
+
+type Pinned = (Stats, usize, Option<Vec<StageTime>>);
+
+/// Runs on a pinned pool thread: builds the network there (its memory is first touched by the
+/// measuring core), warms up, times, and re-measures while the spread is too wide.
+fn run_pinned(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) + Sync)) -> Result<Pinned> {
+    let device = Default::default();
+    let net = InferenceNet::<Cpu>::random(arch, opts.seed, &device)?;
+    let r = arch.resolution as usize;
+    let input = Tensor::<Cpu, 4>::random([opts.batch, 3, r, r], Distribution::Normal(0.0, 1.0), &device);
+    for _ in 0..opts.warmup {
+        forward_once(&net, &input)?;
+    }
+    let mut best: Option<Stats> = None;
+    let mut attempts = 0;
+    while attempts <= opts.retries {
+        attempts += 1;
+        progress(Progress::Start { attempt: attempts, total: opts.runs });
+        let mut samples = Vec::with_capacity(opts.runs);
+        for done in 1..=opts.runs {
+            samples.push(forward_once(&net, &input)?.as_secs_f64() * 1e3);
+            progress(Progress::Run { done });
+        }
+        let stats = Stats::of(&samples).ok_or_else(|| LatencyError::Engine("no usable timings".into()))?;
+        tracing::debug!(attempt = attempts, median_ms = stats.median_ms, cv = stats.cv, "attempt");
+        if best.is_none_or(|b| stats.cv < b.cv) {
+            best = Some(stats);
+        }
+        if stats.cv <= opts.max_cv {
+            break;
+        }
+    }
+    let best = best.ok_or_else(|| LatencyError::Engine("no attempt ran".into()))?;
+    let per_layer = if opts.per_layer { Some(time_stages(&net, &input, opts, progress)?) } else { None };
+    Ok((best, attempts, per_layer))
+}
+
+/// One timed forward pass; reading the logits back forces completion.
+fn forward_once(net: &InferenceNet<Cpu>, input: &Tensor<Cpu, 4>) -> Result<Duration> {
+    let start = Instant::now();
+    let data = net.forward(input.clone()).try_into_data().map_err(|e| LatencyError::Engine(format!("{e:?}")))?;
+    let elapsed = start.elapsed();
+    black_box(data);
+    Ok(elapsed)
+}
+
+/// Median time of every stage over `opts.runs` passes.
+fn time_stages(
+    net: &InferenceNet<Cpu>,
+    input: &Tensor<Cpu, 4>,
+    opts: &MeasureOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Vec<StageTime>> {
+    let names = net.stage_names();
+    let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.runs); names.len()];
+    for done in 1..=opts.runs {
+        let (logits, times) = net.forward_timed(input.clone())?;
+        black_box(logits.try_into_data().map_err(|e| LatencyError::Engine(format!("{e:?}")))?);
+        for (slot, t) in per_stage.iter_mut().zip(times) {
+            slot.push(t.as_secs_f64() * 1e3);
+        }
+        progress(Progress::Layers { done, total: opts.runs });
+    }
+    let rows = mnas_space::count(net.arch()).layers;
+    Ok(names
+        .into_iter()
+        .zip(per_stage)
+        .enumerate()
+        .map(|(i, (name, samples))| {
+            let row = rows.get(i).filter(|r| r.name == name);
+            StageTime {
+                description: row.map(|r| r.description.clone()).unwrap_or_default(),
+                macs: row.map_or(0, |r| r.macs) * opts.batch as u64,
+                median_ms: Stats::of(&samples).map_or(f64::NAN, |s| s.median_ms),
+                name,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_options() {
+        assert!(MeasureOptions::default().validate().is_ok());
+        for (opts, needle) in [
+            (MeasureOptions { runs: 0, ..Default::default() }, "runs"),
+            (MeasureOptions { threads: 0, ..Default::default() }, "threads"),
+            (MeasureOptions { batch: 0, ..Default::default() }, "batch"),
+            (MeasureOptions { max_cv: f64::NAN, ..Default::default() }, "max_cv"),
+        ] {
+            let e = opts.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn measures_a_small_model() {
+        let mut arch = mnas_space::lookup("mnasnet-small").unwrap();
+        arch.resolution = 32;
+        let opts = MeasureOptions { runs: 4, warmup: 1, per_layer: true, max_cv: 10.0, ..Default::default() };
+        let seen = std::sync::Mutex::new(Vec::new());
+        let m = measure(&arch, &opts, &|p| seen.lock().unwrap().push(p)).unwrap();
+        assert!(m.median_ms > 0.0 && m.p10_ms <= m.median_ms && m.median_ms <= m.p90_ms, "{m:?}");
+        assert_eq!((m.runs, m.attempts, m.stable, m.threads), (4, 1, true, 1));
+        assert_eq!(m.fingerprint.cores.len(), 1);
+        assert_eq!(m.arch, arch.canonical());
+        let layers = m.per_layer.unwrap();
+        assert_eq!(layers.len(), arch.layers().len() + 3);
+        assert!(layers.iter().all(|l| l.median_ms.is_finite() && l.macs > 0), "{layers:?}");
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.iter().filter(|p| matches!(p, Progress::Run { .. })).count(), 4);
+    }
+
+    #[test]
+    fn too_many_threads_is_an_error() {
+        let arch = mnas_space::lookup("mnasnet-small").unwrap();
+        let opts = MeasureOptions { threads: 100_000, ..Default::default() };
+        let e = measure(&arch, &opts, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains("100000 threads"), "{e}");
+    }
+}
