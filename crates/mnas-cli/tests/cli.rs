@@ -1,5 +1,7 @@
 //! The `mnas` binary as a user runs it: counts, samples, weights, and one clear line (exit 2) for bad input.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -11,15 +13,8 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Asserts a failed run: exit code 2, one `error:` line on stderr containing `needle`, no panic.
 fn assert_clean_error(args: &[&str], needle: &str) {
-    let o = mnas(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got: {err}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {err}");
+    common::assert_error(&mnas(args), args, needle, true);
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -1,6 +1,8 @@
 //! `mnas latency` as a user runs it: a quick measurement that the store serves the second time,
 //! JSON output, and one clear line (exit 2) for bad input.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -25,16 +27,8 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Asserts a failed run: exit code 2, exactly one stderr line, starting `error: ` and containing
-/// `needle`, no panic.
 fn assert_clean_error(args: &[&str], needle: &str) {
-    let o = mnas(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got: {err}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {err}");
+    common::assert_error(&mnas(args), args, needle, true);
 }
 
 const QUICK: &[&str] = &["latency", "--arch", "mnasnet-a1", "--runs", "3", "--warmup", "1", "--resolution", "64"];

@@ -1,5 +1,7 @@
 //! `mnas train` / `mnas eval` end to end on the embedded data, and their errors.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -14,12 +16,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn assert_clean_error(args: &[&str], needle: &str) {
-    let o = mnas(args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: {err}");
-    assert!(lines[0].contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    common::assert_error(&mnas(args), args, needle, false);
 }
 
 const TINY: &str = "stem16 ds_r1_k3_s1_c16 ir_r1_k3_s2_e3_c24 head64";
