@@ -15,9 +15,11 @@ use clap::{Parser, Subcommand};
     about = "Platform-aware neural architecture search (MnasNet, Tan et al. 2019)",
     long_about = "mnas searches the MnasNet factorized hierarchical space for CNNs that are both accurate \
                   and fast on your hardware, and builds, measures and exports the paper's models.\n\n\
-                  Start with:\n  mnas arch show mnasnet-a1      layer table, params and MACs of MnasNet-A1\n  \
+                  Start with:\n  mnas arch show mnasnet-a1       layer table, params and MACs of MnasNet-A1\n  \
                   mnas space info                 the search space and its size\n  \
-                  mnas space sample --seed 1      a random model from the space",
+                  mnas space sample --seed 1      a random model from the space\n  \
+                  mnas train --epochs 1           a proxy training run on the embedded CIFAR-10 subset\n  \
+                  mnas latency --arch mnasnet-a1  its latency on this machine",
     propagate_version = true
 )]
 struct Cli {
