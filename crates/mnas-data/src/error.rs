@@ -7,7 +7,7 @@ use thiserror::Error;
 pub enum DataError {
     #[error("{path}: no such file or directory")]
     NotFound { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: cannot decode image: {reason}")]
     Decode { path: String, reason: String },

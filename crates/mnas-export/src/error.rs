@@ -28,6 +28,6 @@ pub enum ExportError {
     MissingDir { path: PathBuf, dir: PathBuf },
     #[error("cannot write {path}: it is a directory")]
     IsDir { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
 }

@@ -8,9 +8,9 @@ use thiserror::Error;
 pub enum ModelError {
     #[error(transparent)]
     Arch(#[from] SpaceError),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },

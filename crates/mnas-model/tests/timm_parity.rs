@@ -62,8 +62,14 @@ fn timm_parity() {
                 }
             }
             Err(e) => {
-                println!("FAIL {name}: {e}");
-                failures.push(format!("{name}: {e}"));
+                let mut msg = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    msg += &format!(": {c}");
+                    cause = c.source();
+                }
+                println!("FAIL {name}: {msg}");
+                failures.push(format!("{name}: {msg}"));
             }
         }
     }
