@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
                   mnas space info                 the search space and its size\n  \
                   mnas space sample --seed 1      a random model from the space\n  \
                   mnas train --epochs 1           a proxy training run on the embedded CIFAR-10 subset\n  \
-                  mnas latency --arch mnasnet-a1  its latency on this machine",
+                  mnas latency --arch mnasnet-a1  its latency on this machine\n  \
+                  mnas search                     a search on the embedded data (~15 min on 2 cores)",
     propagate_version = true
 )]
 struct Cli {
@@ -48,9 +49,24 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Top-1/top-5 of trained weights on a dataset's test split (or the held-out split).
     Eval(commands::train::EvalArgs),
-    /// Measure inference latency on this machine (batch 1, pinned core).
+    /// Search the MnasNet space: proxy-train + measure each sampled model, PPO on the reward.
+    #[command(long_about = commands::search::LONG_ABOUT)]
+    Search(commands::search::SearchArgs),
+    /// HTML report of search runs: accuracy vs latency with Pareto fronts, rewards per step.
+    Report(commands::report::ReportArgs),
+    /// The accuracy/latency Pareto front of a search run, as a table or JSON.
+    Pareto(commands::pareto::ParetoArgs),
+    /// Write a run's best models as arch JSON files for `mnas train --arch` / `mnas export onnx --arch`.
+    ExportArch(commands::export_arch::ExportArchArgs),
+    /// Measure inference latency (batch 1): this machine, remote agents, your engine, or a lookup table.
     #[command(long_about = commands::latency::LONG_ABOUT)]
     Latency(commands::latency::LatencyArgs),
+    /// Benchmarks: `mnas bench train` times a training step against PyTorch's.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Serve latency measurements of this machine to `mnas latency --device` elsewhere.
+    #[command(long_about = commands::agent::LONG_ABOUT)]
+    Agent(commands::agent::AgentArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -73,6 +89,12 @@ fn main() -> ExitCode {
         Command::Weights(cmd) => commands::weights::run(cmd),
         Command::Export(cmd) => commands::export::run(cmd),
         Command::Latency(args) => commands::latency::run(args),
+        Command::Agent(args) => commands::agent::run(args),
+        Command::Search(args) => commands::search::run(args),
+        Command::Report(args) => commands::report::run(args),
+        Command::Pareto(args) => commands::pareto::run(args),
+        Command::ExportArch(args) => commands::export_arch::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
         Command::Train(args) => commands::train::run_train(args),
         Command::Eval(args) => commands::train::run_eval(args),
     };

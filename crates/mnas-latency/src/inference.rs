@@ -106,7 +106,8 @@ pub struct InferenceLayer<B: Backend> {
 }
 
 impl<B: Backend> InferenceLayer<B> {
-    fn new(l: &SearchLayer<B>, device: &B::Device) -> Result<Self> {
+    /// The inference form of one model layer; the LUT builder times layers one at a time with it.
+    pub fn new(l: &SearchLayer<B>, device: &B::Device) -> Result<Self> {
         let name = format!("blocks.{}.{}", l.spec.block, l.spec.index);
         let pair = |conv: &Option<_>, bn: &Option<_>, part: &str| -> Result<Option<FoldedConv<B>>> {
             match (conv, bn) {
@@ -143,7 +144,7 @@ impl<B: Backend> InferenceLayer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let shortcut = match &self.shortcut {
             Shortcut::None => None,
             Shortcut::Identity => Some(x.clone()),

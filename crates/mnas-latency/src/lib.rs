@@ -4,13 +4,24 @@
 //! - [`measure`]: pinned threads, warm-up, N timed batch forwards, median / p10 / p90 / CV, and a
 //!   re-measurement when the spread is too wide;
 //! - [`fingerprint`]: the device, engine and build every measurement carries;
-//! - [`store`]: the SQLite table a search reuses, so a measured arch costs nothing the second time.
+//! - [`store`]: the SQLite table a search reuses, so a measured arch costs nothing the second time;
+//! - [`lut`] / [`lut_build`]: the per-layer lookup-table predictor (microseconds per arch), [`kendall`]
+//!   for judging how well it ranks;
+//! - [`protocol`] / [`agent`] / [`pool`]: measuring on other machines through `mnas agent`;
+//! - [`engine`]: measuring with an external command (`--engine cmd:...`) on an exported ONNX model.
 
+pub mod agent;
+pub mod engine;
 pub mod error;
 pub mod fingerprint;
 pub mod inference;
+pub mod kendall;
+pub mod lut;
+pub mod lut_build;
 pub mod measure;
 pub mod pin;
+pub mod pool;
+pub mod protocol;
 pub mod stats;
 pub mod store;
 pub mod timestamp;
@@ -20,6 +31,7 @@ use mnas_space::Arch;
 pub use error::{LatencyError, Result};
 pub use fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
 pub use inference::InferenceNet;
+pub use lut::{Lut, LutError};
 pub use measure::{MeasureOptions, Measurement, Progress, StageTime};
 pub use stats::Stats;
 pub use store::{Key, Store};

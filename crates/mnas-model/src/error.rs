@@ -22,6 +22,8 @@ pub enum ModelError {
     Dtype { path: PathBuf, name: String, dtype: String },
     #[error("invalid training configuration: {0}")]
     Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error(transparent)]
     Data(#[from] mnas_data::DataError),
     #[error("{path}: tensor `{name}` holds non-finite values")]

@@ -34,6 +34,16 @@ impl<B: Backend> Conv2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.bias.is_none() {
+            let fast = match (self.groups, self.stride) {
+                (1, 1) => crate::cpu_ops::pointwise_conv2d(&x, &self.weight.val()),
+                (1, _) => None,
+                _ => crate::cpu_ops::depthwise_conv2d(&x, &self.weight.val(), self.stride),
+            };
+            if let Some(y) = fast {
+                return y;
+            }
+        }
         let k = self.weight.dims()[2];
         let p = k / 2;
         conv2d(
@@ -75,6 +85,14 @@ impl<B: Backend> BatchNorm<B> {
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
+        if B::ad_enabled(&x.device()) {
+            if let Some((y, mean, var)) =
+                crate::cpu_ops::batch_norm_train(&x, &self.weight.val(), &self.bias.val(), self.eps)
+            {
+                self.update_running(mean, var, n * h * w, &x.device());
+                return y;
+            }
+        }
         let (mean, var) = if B::ad_enabled(&x.device()) {
             // Statistics in f64, as PyTorch accumulates them on CPU: f32 sums over thousands of
             // activations lose enough digits to flip ReLU masks downstream of small-variance BNs.
@@ -96,6 +114,20 @@ impl<B: Backend> BatchNorm<B> {
         };
         let scale = self.weight.val() / (var + self.eps).sqrt();
         (x - per_sample(mean, n)) * per_sample(scale, n) + per_sample(self.bias.val(), n)
+    }
+
+    /// Running statistics from a batch's mean and biased variance, as the generic path does.
+    fn update_running(&self, mean: Vec<f64>, var: Vec<f64>, count: usize, device: &B::Device) {
+        let c = mean.len();
+        let vector = |v: Vec<f64>| {
+            let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+            Tensor::<B, 1>::from_data(TensorData::new(v, [c]), device)
+        };
+        let unbiased = if count > 1 { count as f64 / (count as f64 - 1.0) } else { 1.0 };
+        let m = self.momentum;
+        self.running_mean.update(self.running_mean.value_sync().mul_scalar(1.0 - m) + vector(mean).mul_scalar(m));
+        self.running_var
+            .update(self.running_var.value_sync().mul_scalar(1.0 - m) + vector(var).mul_scalar(m * unbiased));
     }
 }
 

@@ -2,6 +2,9 @@
 //! weight import and our own safetensors export. burn stays behind this crate.
 
 pub mod backend;
+pub mod checkpoint;
+pub mod cpu_ops;
+pub mod ema;
 pub mod error;
 pub mod kinks;
 pub mod layers;

@@ -15,6 +15,8 @@ use mnas_data::{batches, Augment, Batch, ImageSet, Splits};
 use mnas_space::Arch;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint;
+use crate::ema::Ema;
 use crate::error::ModelError;
 use crate::net::MnasNet;
 use crate::weights::{self, Slot};
@@ -51,6 +53,10 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub label_smoothing: f64,
     pub seed: u64,
+    /// EMA of the weights (see [`crate::ema`]): evaluated, saved and returned instead of the raw
+    /// weights when set. `None` in proxy mode: a 5-epoch run has too few steps to benefit.
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
 }
 
 impl TrainConfig {
@@ -66,6 +72,7 @@ impl TrainConfig {
             weight_decay: 4e-5,
             label_smoothing: 0.0,
             seed: 0,
+            ema_decay: None,
         }
     }
 
@@ -81,6 +88,7 @@ impl TrainConfig {
             weight_decay: 1e-5,
             label_smoothing: 0.1,
             seed: 0,
+            ema_decay: Some(0.9999),
         }
     }
 
@@ -100,6 +108,11 @@ impl TrainConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("weight decay must be >= 0, got {}", self.weight_decay));
+        }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad(format!("EMA decay must be in [0, 1), got {d}"));
+            }
         }
         Ok(())
     }
@@ -155,11 +168,37 @@ pub struct TrainOutcome<B: Backend> {
     pub model: MnasNet<B>,
 }
 
-/// Hooks for progress display and checkpointing; `on_epoch` sees the model after each epoch (eval
-/// form) so that it can be saved.
+/// Everything a resumed run needs, handed to [`TrainObserver::on_checkpoint`] after each epoch.
+pub struct Checkpoint<'a, B: Backend> {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// The raw (optimised) weights.
+    pub model: &'a MnasNet<B>,
+    /// The EMA weights, when the run keeps an average.
+    pub ema: Option<&'a MnasNet<B>>,
+    /// Optimizer state (momentum / RMS buffers), opaque: give it back in [`Resume::optimizer`].
+    pub optimizer: &'a [u8],
+}
+
+/// Hooks for progress display and checkpointing. `on_epoch` sees the model that the epoch's
+/// held-out figures were measured on (the EMA weights when the run keeps an average).
 pub trait TrainObserver<B: Backend> {
     fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f64, _images_per_sec: f64) {}
     fn on_epoch(&mut self, _metrics: &EpochMetrics, _model: &MnasNet<B>) {}
+    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint<'_, B>) {}
+    /// Asked after each checkpoint: true ends the run there (it can be resumed later).
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+/// Where a resumed run starts: the state a [`Checkpoint`] held.
+pub struct Resume<B: AutodiffBackend> {
+    pub model: MnasNet<B>,
+    pub ema: Option<MnasNet<B::InnerBackend>>,
+    pub optimizer: Option<Vec<u8>>,
+    /// Epochs already done; training continues with this one.
+    pub first_epoch: usize,
 }
 
 /// An observer that does nothing.
@@ -237,7 +276,8 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Trains `arch` (classes taken from the data) on `data.train`, scoring on `data.val` each epoch.
-/// `start` continues from a model (resume); `first_epoch` skips epochs already done.
+/// `start` continues from a model with fresh optimizer state; `first_epoch` skips epochs already
+/// done. [`train_from`] resumes exactly (optimizer state and EMA included).
 pub fn train<B: AutodiffBackend>(
     arch: &Arch,
     data: &Splits,
@@ -247,31 +287,61 @@ pub fn train<B: AutodiffBackend>(
     first_epoch: usize,
     observer: &mut dyn TrainObserver<B::InnerBackend>,
 ) -> Result<TrainOutcome<B::InnerBackend>, ModelError> {
+    let resume = start.map(|model| Resume { model, ema: None, optimizer: None, first_epoch });
+    train_from(arch, data, cfg, device, resume, observer)
+}
+
+/// The random stream of one epoch (dropout), so that a resumed run draws what a straight one would.
+fn epoch_seed(cfg: &TrainConfig, epoch: usize) -> u64 {
+    cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)
+}
+
+/// [`train`] from a full checkpoint: a run of N epochs resumed after k gives the same weights as
+/// one run straight through (same data order, dropout draws, optimizer and EMA state).
+pub fn train_from<B: AutodiffBackend>(
+    arch: &Arch,
+    data: &Splits,
+    cfg: &TrainConfig,
+    device: &B::Device,
+    resume: Option<Resume<B>>,
+    observer: &mut dyn TrainObserver<B::InnerBackend>,
+) -> Result<TrainOutcome<B::InnerBackend>, ModelError> {
     cfg.validate()?;
     let mut arch = arch.clone();
     arch.num_classes = data.classes.len() as u32;
     arch.resolution = data.train.size as u32;
     B::seed(device, cfg.seed);
-    let mut model = match start {
-        Some(m) => m,
-        None => MnasNet::<B>::new(&arch, device)?,
+    let (mut model, ema_start, optim_state, first_epoch) = match resume {
+        Some(r) => (r.model, r.ema, r.optimizer, r.first_epoch),
+        None => (MnasNet::<B>::new(&arch, device)?, None, None, 0),
     };
     let mut optim_sgd = SgdConfig::new()
         .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: true }))
         .init::<B, MnasNet<B>>();
     let mut optim_rms =
         RmsPropConfig::new().with_alpha(0.9).with_momentum(0.9).with_epsilon(1e-3).init::<B, MnasNet<B>>();
+    if let Some(bytes) = optim_state {
+        match cfg.optimizer {
+            OptimizerKind::Sgd => optim_sgd = optim_sgd.load_record(checkpoint::decode(bytes, &model, device)?),
+            OptimizerKind::RmsProp => optim_rms = optim_rms.load_record(checkpoint::decode(bytes, &model, device)?),
+        }
+    }
+    let mut ema = cfg.ema_decay.map(|d| match &ema_start {
+        Some(avg) => Ema::new(avg, d),
+        None => Ema::new(&model, d),
+    });
     let steps = (data.train.len() / cfg.batch_size).max(1);
     let aug = Augment::for_size(data.train.size);
     let mut history = Vec::new();
+    let mut final_model = None;
     for epoch in first_epoch..cfg.epochs {
+        B::seed(device, epoch_seed(cfg, epoch) ^ 0x5eed);
         let started = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let drop_last = data.train.len() >= cfg.batch_size;
-        let epoch_seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
         let mut lr = cfg.lr;
         for (step, batch) in
-            batches(&data.train, cfg.batch_size, data.norm, aug, Some(epoch_seed), drop_last).enumerate()
+            batches(&data.train, cfg.batch_size, data.norm, aug, Some(epoch_seed(cfg, epoch)), drop_last).enumerate()
         {
             lr = cfg.lr_at(epoch as f64 + step as f64 / steps as f64);
             let (x, labels) = to_tensors::<B>(&batch, device);
@@ -302,11 +372,16 @@ pub fn train<B: AutodiffBackend>(
                 OptimizerKind::Sgd => optim_sgd.step(lr, model, grads),
                 OptimizerKind::RmsProp => optim_rms.step(lr, model, grads),
             };
+            if let Some(avg) = ema.as_mut() {
+                avg.update(&model, (epoch * steps + step) as u64);
+            }
             let ips = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             observer.on_step(epoch, step, steps, loss_value, ips);
         }
-        let eval_model = model.valid();
-        let (val_top1, val_top5) = evaluate(&eval_model, &data.val, data.norm, 256);
+        let raw = model.valid();
+        let averaged = ema.as_ref().map(|avg| avg.apply(&raw));
+        let eval_model = averaged.as_ref().unwrap_or(&raw);
+        let (val_top1, val_top5) = evaluate(eval_model, &data.val, data.norm, 256);
         let seconds = started.elapsed().as_secs_f64();
         let metrics = EpochMetrics {
             epoch,
@@ -318,11 +393,32 @@ pub fn train<B: AutodiffBackend>(
             images_per_sec: seen as f64 / seconds.max(1e-9),
             seconds,
         };
-        observer.on_epoch(&metrics, &eval_model);
+        observer.on_epoch(&metrics, eval_model);
+        let optimizer = match cfg.optimizer {
+            OptimizerKind::Sgd => checkpoint::encode(optim_sgd.to_record(), &model)?,
+            OptimizerKind::RmsProp => checkpoint::encode(optim_rms.to_record(), &model)?,
+        };
+        observer.on_checkpoint(&Checkpoint {
+            epochs_done: epoch + 1,
+            model: &raw,
+            ema: averaged.as_ref(),
+            optimizer: &optimizer,
+        });
         history.push(metrics);
+        final_model = Some(averaged.unwrap_or(raw));
+        if observer.should_stop() {
+            break;
+        }
     }
     let (val_top1, val_top5) = history.last().map(|m| (m.val_top1, m.val_top5)).unwrap_or((0.0, 0.0));
-    Ok(TrainOutcome { status: TrainStatus::Completed, history, val_top1, val_top5, model: model.valid() })
+    let model = match final_model {
+        Some(m) => m,
+        None => match (&ema, ema_start) {
+            (Some(_), Some(avg)) => avg,
+            _ => model.valid(),
+        },
+    };
+    Ok(TrainOutcome { status: TrainStatus::Completed, history, val_top1, val_top5, model })
 }
 
 trait ElemF64 {

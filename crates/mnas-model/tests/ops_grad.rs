@@ -145,3 +145,94 @@ fn batchnorm_train_matches_direct_computation() {
         assert!(ey < 1e-4 && ex < 1e-4 && eg < 1e-4);
     }
 }
+
+/// The hand-written depthwise kernels (`cpu_ops`) against the same direct f64 computation, on the
+/// shapes the search space produces (k 3/5, stride 1/2, maps from 1x1 to 16x16, odd sizes).
+#[test]
+fn fast_depthwise_conv_matches_direct_computation() {
+    let dev = Default::default();
+    let mut worst: f64 = 0.0;
+    for &(n, c, h) in &[(1, 8, 8), (4, 96, 4), (2, 24, 16), (4, 48, 2), (3, 16, 7), (8, 8, 1), (2, 5, 9)] {
+        for k in [3, 5] {
+            for s in [1, 2] {
+                let x = Tensor::<B, 4>::random([n, c, h, h], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+                let w = Tensor::<B, 4>::random([c, 1, k, k], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+                let y = mnas_model::cpu_ops::depthwise_conv2d(&x, &w, s).expect("CpuTrain takes the fast path");
+                let generic = conv2d(x.clone(), w.clone(), None, ConvOptions::new([s, s], [k / 2, k / 2], [1, 1], c));
+                assert_eq!(y.dims(), generic.dims());
+                let dy = Tensor::<B, 4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &dev);
+                let g = (y.clone() * dy.clone()).sum().backward();
+                let (gx, gw) = (vi(x.grad(&g).unwrap()), vi(w.grad(&g).unwrap()));
+                let (ry, rgx, rgw) = direct_depthwise(&v(x), &v(w), &v(dy), n, c, h, k, s);
+                let (ey, egx, egw) = (rel_err(&v(y), &ry), rel_err(&gx, &rgx), rel_err(&gw, &rgw));
+                println!("fast n{n} c{c} h{h} k{k} s{s}: y {ey:.1e} dx {egx:.1e} dw {egw:.1e}");
+                worst = worst.max(ey).max(egx).max(egw);
+            }
+        }
+    }
+    assert!(worst < 1e-5, "worst relative error {worst:e}");
+}
+
+/// Inference (no autodiff) takes the same kernel and gives the generic convolution's output.
+#[test]
+fn fast_depthwise_forward_matches_generic_on_inference_backend() {
+    type I = mnas_model::backend::Cpu;
+    let dev = Default::default();
+    let x = Tensor::<I, 4>::random([3, 40, 7, 7], Distribution::Normal(0.0, 1.0), &dev);
+    let w = Tensor::<I, 4>::random([40, 1, 5, 5], Distribution::Normal(0.0, 1.0), &dev);
+    for s in [1, 2] {
+        let fast = mnas_model::cpu_ops::depthwise_conv2d(&x, &w, s).expect("Cpu takes the fast path");
+        let generic = conv2d(x.clone(), w.clone(), None, ConvOptions::new([s, s], [2, 2], [1, 1], 40));
+        let (a, b) = (
+            fast.into_data().convert::<f64>().to_vec::<f64>().unwrap(),
+            generic.into_data().convert::<f64>().to_vec::<f64>().unwrap(),
+        );
+        assert!(rel_err(&a, &b) < 1e-5, "stride {s}: {:e}", rel_err(&a, &b));
+    }
+}
+
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let m = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f64, |e, (x, y)| e.max((x - y).abs())) / m
+}
+
+#[allow(clippy::too_many_arguments)]
+fn direct_depthwise(
+    xv: &[f64],
+    wv: &[f64],
+    dyv: &[f64],
+    n: usize,
+    c: usize,
+    h: usize,
+    k: usize,
+    s: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let p = k / 2;
+    let o = (h + 2 * p - k) / s + 1;
+    let (mut ry, mut rgx, mut rgw) = (vec![0.0; n * c * o * o], vec![0.0; n * c * h * h], vec![0.0; c * k * k]);
+    for b in 0..n {
+        for ch in 0..c {
+            for oy in 0..o {
+                for ox in 0..o {
+                    let yi = ((b * c + ch) * o + oy) * o + ox;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (oy * s + ky) as isize - p as isize;
+                            let ix = (ox * s + kx) as isize - p as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= h as isize {
+                                continue;
+                            }
+                            let xi = ((b * c + ch) * h + iy as usize) * h + ix as usize;
+                            let wi = (ch * k + ky) * k + kx;
+                            ry[yi] += xv[xi] * wv[wi];
+                            rgx[xi] += dyv[yi] * wv[wi];
+                            rgw[wi] += dyv[yi] * xv[xi];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (ry, rgx, rgw)
+}

@@ -12,7 +12,9 @@ use crate::spec::{resolve, ArchOverrides};
 use crate::table::{render, thousands};
 
 /// The long help of `mnas latency` (`main.rs` attaches it; its one-line summary is the doc comment there).
-pub const LONG_ABOUT: &str = "Measure inference latency on this machine (batch 1, pinned core).
+pub const LONG_ABOUT: &str = "Measure inference latency: on this machine (batch 1, pinned core), on \
+remote agents (--device tcp://HOST:PORT, `mnas agent` there), with your own engine (--engine cmd:...), \
+or predicted from a lookup table (the build-lut / predict / lut-report subcommands).
 
 The model gets random weights (weights do not change latency) and runs in inference form: BN \
 folded into the convolutions, no autodiff. Each engine thread is pinned to its own core; after \
@@ -20,14 +22,24 @@ the warm-up, --runs timed forward passes give median / p10 / p90 / CV, and the r
 (up to twice) when the CV exceeds --max-cv.
 
 Results go to a SQLite store keyed by (arch, resolution, batch, threads, device fingerprint, \
-engine): asking again on the same device answers from the store without measuring.";
+engine): asking again on the same device answers from the store without measuring.
+
+Examples:
+  mnas latency --arch mnasnet-a1 --per-layer
+  mnas latency --arch mnasnet-a1 --device tcp://phone:7878 --token \"$T\"
+  mnas latency --arch mnasnet-a1 --engine \"cmd:onnxruntime_perf_test -I -r 50 {model}\"
+  mnas latency build-lut --resolution 224 --out lut.json && mnas latency predict --arch FILE --lut lut.json";
 
 /// Arguments of `mnas latency`.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LatencyArgs {
+    /// The lookup-table predictor: build-lut, predict, lut-report (`mnas latency --arch A` measures).
+    #[command(subcommand)]
+    pub command: Option<super::lut::LutCommand>,
     /// Architecture: a zoo name (mnasnet-a1, ...), an arch JSON file, or block strings.
-    #[arg(long)]
-    pub arch: String,
+    #[arg(long, required = true)]
+    pub arch: Option<String>,
     #[command(flatten)]
     pub overrides: ArchOverrides,
     /// Engine threads, each pinned to its own core.
@@ -63,6 +75,8 @@ pub struct LatencyArgs {
     /// Print the measurement as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub elsewhere: super::latency_remote::ElsewhereArgs,
 }
 
 /// `$XDG_CACHE_HOME/mnas/latency.sqlite`, else `$HOME/.cache/mnas/latency.sqlite`.
@@ -73,7 +87,13 @@ pub fn default_store() -> Option<PathBuf> {
 }
 
 pub fn run(args: LatencyArgs) -> Result<()> {
-    let arch = resolve(&args.arch, &args.overrides)?;
+    if let Some(cmd) = args.command {
+        return super::lut::run(cmd);
+    }
+    let Some(spec) = args.arch.as_deref() else {
+        bail!("pass --arch (or a subcommand: build-lut, predict, lut-report)")
+    };
+    let arch = resolve(spec, &args.overrides)?;
     let opts = MeasureOptions {
         threads: args.threads,
         runs: args.runs,
@@ -85,6 +105,15 @@ pub fn run(args: LatencyArgs) -> Result<()> {
         ..MeasureOptions::default()
     };
     opts.validate()?;
+    if args.elsewhere.is_set() {
+        let store = super::latency_remote::StoreArgs {
+            store: args.store.clone(),
+            no_store: args.no_store,
+            refresh: args.refresh,
+            json: args.json,
+        };
+        return super::latency_remote::run(&args.elsewhere, &arch, &opts, &store);
+    }
     // Fail on a thread count or core this machine cannot honour before touching the store.
     measure::planned_cores(&opts)?;
     let store = if args.no_store {
@@ -154,7 +183,7 @@ fn progress_bar(opts: &MeasureOptions) -> Option<ProgressBar> {
     Some(bar)
 }
 
-fn print_report(m: &Measurement, cached: bool, store: Option<&str>, opts: &MeasureOptions) {
+pub(crate) fn print_report(m: &Measurement, cached: bool, store: Option<&str>, opts: &MeasureOptions) {
     let name = m.name.as_deref().unwrap_or("custom arch");
     let threads = if m.threads == 1 { "1 thread".to_string() } else { format!("{} threads", m.threads) };
     println!(

@@ -1,6 +1,14 @@
+pub mod agent;
 pub mod arch;
+pub mod bench;
 pub mod export;
+pub mod export_arch;
 pub mod latency;
+pub mod latency_remote;
+pub mod lut;
+pub mod pareto;
+pub mod report;
+pub mod search;
 pub mod space;
 pub mod train;
 pub mod weights;

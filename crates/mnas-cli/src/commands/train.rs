@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mnas_data::{DataSpec, Source, Splits};
 use mnas_model::backend::{Cpu, CpuTrain};
-use mnas_model::train::{evaluate, train, EpochMetrics, TrainConfig, TrainObserver, TrainStatus};
+use mnas_model::train::{
+    evaluate, train_from, Checkpoint, EpochMetrics, Resume, TrainConfig, TrainObserver, TrainStatus,
+};
 use mnas_model::{weights, MnasNet};
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +91,11 @@ pub struct TrainArgs {
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Keep an exponential moving average of the weights with this decay, and evaluate and save
+    /// the average (default: 0.9999 in full mode, as in the paper, warmed up as
+    /// min(decay, (1+step)/(10+step)); off in proxy mode). 0 turns it off.
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
     /// Run directory for checkpoints and metrics (default: runs/train-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -97,6 +104,9 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// Stop (resumably) once this many epochs are done in total, as if killed there.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +140,7 @@ struct Observer {
     bar: ProgressBar,
     dir: PathBuf,
     state: RunState,
+    stop_after: Option<usize>,
 }
 
 impl Observer {
@@ -153,7 +164,7 @@ impl TrainObserver<Cpu> for Observer {
         self.bar.inc(1);
     }
 
-    fn on_epoch(&mut self, m: &EpochMetrics, model: &MnasNet<Cpu>) {
+    fn on_epoch(&mut self, m: &EpochMetrics, _model: &MnasNet<Cpu>) {
         self.say(format!(
             "epoch {:>3}: loss {:.4}  train {:.2}%  held-out top-1 {:.2}%  top-5 {:.2}%  lr {:.4}  {:.0} img/s  {:.1}s",
             m.epoch + 1,
@@ -166,14 +177,31 @@ impl TrainObserver<Cpu> for Observer {
             m.seconds
         ));
         self.state.history.push(m.clone());
-        self.state.epochs_done = m.epoch + 1;
-        // Weights first, then the state that points past them: a kill between the two replays
-        // one epoch instead of skipping one.
-        let saved = weights::save(model, &self.dir.join("checkpoint.safetensors")).map_err(anyhow::Error::from);
-        if let Err(e) = saved.and_then(|_| write_metrics(&self.dir, &self.state)) {
+    }
+
+    fn on_checkpoint(&mut self, c: &Checkpoint<'_, Cpu>) {
+        self.state.epochs_done = c.epochs_done;
+        // Weights and optimizer state first, then the state that points past them: a kill
+        // between the two replays one epoch instead of skipping one.
+        let saved = save_checkpoint(&self.dir, c).and_then(|_| write_metrics(&self.dir, &self.state));
+        if let Err(e) = saved {
             self.say(format!("warning: cannot write checkpoint: {e:#}"));
         }
     }
+
+    fn should_stop(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.state.epochs_done >= n)
+    }
+}
+
+/// Raw weights (checkpoint.safetensors), the EMA (ema.safetensors) and the optimizer state
+/// (optimizer.bin): what `--resume` needs to continue as if never stopped.
+fn save_checkpoint(dir: &Path, c: &Checkpoint<'_, Cpu>) -> Result<()> {
+    weights::save(c.model, &dir.join("checkpoint.safetensors"))?;
+    if let Some(ema) = c.ema {
+        weights::save(ema, &dir.join("ema.safetensors"))?;
+    }
+    write_atomic(&dir.join("optimizer.bin"), c.optimizer)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -229,7 +257,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             let arch = resolve(&args.arch, &args.overrides)?;
             let mut config = match args.mode {
                 Mode::Proxy => TrainConfig::proxy(),
-                Mode::Full => TrainConfig::full(20, args.batch_size),
+                // The warm-up length follows the epoch count (a quarter of it, at most 5).
+                Mode::Full => TrainConfig::full(args.epochs.unwrap_or(20), args.batch_size),
             };
             config.batch_size = args.batch_size;
             if let Some(e) = args.epochs {
@@ -237,6 +266,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             }
             if let Some(lr) = args.lr {
                 config.lr = lr;
+            }
+            if let Some(d) = args.ema_decay {
+                config.ema_decay = (d != 0.0).then_some(d);
             }
             config.seed = args.seed;
             config.validate()?;
@@ -265,19 +297,35 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let splits = data_args.load(resolution)?;
     let device = Default::default();
     let checkpoint = dir.join("checkpoint.safetensors");
-    let start = if state.epochs_done > 0 && checkpoint.exists() {
+    let resume = if state.epochs_done > 0 && checkpoint.exists() {
         let mut arch = state.arch.clone();
         arch.num_classes = splits.classes.len() as u32;
         arch.resolution = splits.train.size as u32;
-        let mut m = MnasNet::<CpuTrain>::new(&arch, &device)?;
-        weights::load(&mut m, &checkpoint, &device)?;
+        let mut model = MnasNet::<CpuTrain>::new(&arch, &device)?;
+        weights::load(&mut model, &checkpoint, &device)?;
+        let ema_path = dir.join("ema.safetensors");
+        let ema = match state.config.ema_decay.is_some() && ema_path.exists() {
+            true => {
+                let mut m = MnasNet::<Cpu>::new(&arch, &device)?;
+                weights::load(&mut m, &ema_path, &device)?;
+                Some(m)
+            }
+            false => None,
+        };
+        let opt_path = dir.join("optimizer.bin");
+        let optimizer = match opt_path.exists() {
+            true => Some(std::fs::read(&opt_path).with_context(|| format!("cannot read {}", opt_path.display()))?),
+            false => {
+                eprintln!("warning: {} missing: the optimizer restarts with empty state", opt_path.display());
+                None
+            }
+        };
         eprintln!("resuming {} after epoch {}", dir.display(), state.epochs_done);
-        Some(m)
+        Some(Resume { model, ema, optimizer, first_epoch: state.epochs_done })
     } else {
         None
     };
-    let first_epoch = if start.is_some() { state.epochs_done } else { 0 };
-    if start.is_none() {
+    if resume.is_none() {
         state.history.clear();
     }
     let bar = ProgressBar::new(1);
@@ -291,12 +339,12 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     let config = state.config.clone();
     let arch = state.arch.clone();
-    let mut observer = Observer { bar, dir: dir.clone(), state };
-    let outcome = train::<CpuTrain>(&arch, &splits, &config, &device, start, first_epoch, &mut observer)?;
+    let mut observer = Observer { bar, dir: dir.clone(), state, stop_after: args.stop_after };
+    let outcome = train_from::<CpuTrain>(&arch, &splits, &config, &device, resume, &mut observer)?;
     observer.bar.finish_and_clear();
     let mut state = observer.state;
+    // The model to use: the EMA weights when the run keeps an average.
     weights::save(&outcome.model, &dir.join("weights.safetensors"))?;
-    weights::save(&outcome.model, &checkpoint)?;
     state.status = Some(outcome.status.clone());
     write_metrics(&dir, &state)?;
     match outcome.status {

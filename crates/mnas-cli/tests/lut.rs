@@ -1,0 +1,186 @@
+//! `mnas latency build-lut | predict | lut-report` as a user runs them, on a small table built
+//! through the library (a three-block cut of the space at 32x32, so that the test stays quick),
+//! and one clear `error:` line (exit 2) for every bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use mnas_latency::lut_build::{self, LutOptions};
+use mnas_latency::Lut;
+use mnas_space::{Arch, SearchSpace};
+
+fn mnas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mnas"))
+        .args(args)
+        .env("XDG_CACHE_HOME", scratch("xdg"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mnas")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mnas-cli-lut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = mnas(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    stdout(&o)
+}
+
+fn assert_clean_error(args: &[&str], needle: &str) {
+    common::assert_error(&mnas(args), args, needle, true);
+}
+
+fn small_space() -> SearchSpace {
+    SearchSpace {
+        skeleton: vec![(16, 1, 1), (24, 2, 2), (40, 2, 2)],
+        stem_channels: 16,
+        head_channels: 128,
+        num_classes: 10,
+        resolution: 32,
+    }
+}
+
+/// The small table, built once, and its path.
+fn lut() -> &'static (Lut, PathBuf) {
+    static LUT: OnceLock<(Lut, PathBuf)> = OnceLock::new();
+    LUT.get_or_init(|| {
+        let opts =
+            LutOptions { resolution: 32, runs: 2, warmup: 1, fit_archs: 3, fit_runs: 3, ..LutOptions::default() };
+        let path = scratch("small.json");
+        let lut = lut_build::build(&small_space(), &opts, None, Some(&path), &|_| {}).expect("LUT builds");
+        (lut, path)
+    })
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Block strings of an arch (with its stem and head), as `mnas space sample` prints them.
+fn blocks(arch: &Arch) -> String {
+    let b: Vec<String> = arch.blocks.iter().map(|b| b.to_block_string()).collect();
+    format!("stem{} {} head{}", arch.stem_channels, b.join(" "), arch.head_channels)
+}
+
+#[test]
+fn dry_run_counts_the_configurations_of_the_space() {
+    let out = ok(&["latency", "build-lut", "--dry-run", "--resolution", "224"]);
+    assert!(out.contains("2,340 configurations at 224x224: 1 stem, 2,336 layers, 3 heads"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["latency", "build-lut", "--dry-run", "--json"])).expect("JSON");
+    assert_eq!(json["configs"], 2340);
+}
+
+#[test]
+fn predict_answers_from_the_table() {
+    let (lut, path) = lut();
+    let (tokens, arch) = small_space().sample(77, 1).remove(0);
+    let expected = lut.predict(&arch).expect("in the space");
+    let spec = blocks(&arch);
+    let args =
+        ["latency", "predict", "--arch", &spec, "--resolution", "32", "--classes", "10", "--lut", path_str(path)];
+    let out = ok(&args);
+    assert!(out.contains("predicted") && out.contains("µs") && out.contains(&format!("{expected:.2} ms")), "{out}");
+
+    let with_json: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    let json: serde_json::Value = serde_json::from_str(&ok(&with_json)).expect("JSON");
+    let predicted = json["predicted_ms"].as_f64().expect("number");
+    assert!((predicted - expected).abs() < 1e-9, "{json}");
+    assert!(json["prediction_us"].as_f64().is_some_and(|us| us > 0.0), "{json}");
+
+    // The same arch by its tokens, decoded in the LUT's own space.
+    let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let by_tokens = ok(&["latency", "predict", "--tokens", &tokens.join(","), "--lut", path_str(path), "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&by_tokens).expect("JSON");
+    assert!((json["predicted_ms"].as_f64().unwrap_or(f64::NAN) - expected).abs() < 1e-9, "{json}");
+}
+
+#[test]
+fn report_measures_held_out_archs() {
+    let (lut, path) = lut();
+    let store = scratch("report.sqlite");
+    let args = [
+        "latency",
+        "lut-report",
+        "--lut",
+        path_str(path),
+        "--archs",
+        "4",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--seed",
+        "5",
+        "--store",
+        path_str(&store),
+        "--json",
+    ];
+    let json: serde_json::Value = serde_json::from_str(&ok(&args)).expect("JSON");
+    assert_eq!(json["archs"], 4);
+    let rows = json["rows"].as_array().expect("rows");
+    let fit_archs: Vec<&str> = lut.fit.as_ref().unwrap().points.iter().map(|p| p.arch.as_str()).collect();
+    for row in rows {
+        assert!(row["measured"].as_f64().is_some_and(|m| m > 0.0), "{row}");
+        assert!(!fit_archs.contains(&row["arch"].as_str().unwrap_or_default()), "a fit arch in the report: {row}");
+    }
+    let acc = &json["accuracy"];
+    assert!(acc["within_10pct"].as_f64().is_some_and(|w| (0.0..=1.0).contains(&w)), "{acc}");
+    // The second report is served from the store.
+    let again: serde_json::Value = serde_json::from_str(&ok(&args)).expect("JSON");
+    assert_eq!(again["cached"], 4);
+    let text = ok(&args[..args.len() - 1]);
+    assert!(text.contains("within +-10%") && text.contains("Kendall tau-b") && text.contains("MACs"), "{text}");
+}
+
+#[test]
+fn bad_input_is_one_clear_error() {
+    let (lut, path) = lut();
+    let p = path_str(path);
+    let missing = scratch("none.json");
+    assert_clean_error(&["latency", "predict", "--arch", "mnasnet-a1", "--lut", path_str(&missing)], "no such file");
+    let corrupt = scratch("corrupt.json");
+    std::fs::write(&corrupt, "{\"format\": 1,").expect("write");
+    assert_clean_error(&["latency", "predict", "--arch", "mnasnet-a1", "--lut", path_str(&corrupt)], "not a valid LUT");
+
+    // Another resolution than the table's, then a zoo model outside the (small) space.
+    let (_, arch) = small_space().sample(3, 1).remove(0);
+    let spec = blocks(&arch);
+    assert_clean_error(&["latency", "predict", "--arch", &spec, "--classes", "10", "--lut", p], "built at 32x32");
+    assert_clean_error(
+        &["latency", "predict", "--arch", "mnasnet-a1", "--resolution", "32", "--lut", p],
+        "stem (conv k3 s2) is not in the LUT",
+    );
+    assert_clean_error(&["latency", "predict", "--tokens", "0,1,2", "--lut", p], "expected 18 tokens, got 3");
+
+    // Measured elsewhere: refused, or a warning with --any-device.
+    let mut other = lut.clone();
+    other.fingerprint_key = "0123456789abcdef".into();
+    let elsewhere = scratch("elsewhere.json");
+    other.save(&elsewhere).expect("save");
+    let args = ["latency", "predict", "--arch", &spec, "--resolution", "32", "--classes", "10", "--lut"];
+    let refused: Vec<&str> = args.iter().copied().chain([path_str(&elsewhere)]).collect();
+    assert_clean_error(&refused, "--any-device");
+    let warned: Vec<&str> = refused.iter().copied().chain(["--any-device"]).collect();
+    let o = mnas(&warned);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stderr).contains("warning: the LUT was measured on another")
+    );
+
+    let fit_seed = lut.fit.as_ref().unwrap().seed.to_string();
+    assert_clean_error(&["latency", "lut-report", "--lut", p, "--seed", &fit_seed], "fit seed");
+    assert_clean_error(&["latency", "build-lut", "--runs", "0", "--out", path_str(&scratch("x.json"))], "runs");
+    // `mnas latency` still wants --arch without a subcommand.
+    common::assert_error(&mnas(&["latency"]), &["latency"], "required arguments", false);
+}

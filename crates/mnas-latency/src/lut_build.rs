@@ -1,0 +1,415 @@
+//! Building a [`Lut`]: enumerate every distinct stage configuration the search space can produce
+//! at its position, time each one alone in inference form on a pinned core, then fit the
+//! overhead on a few end-to-end measurements.
+//!
+//! A layer's configuration depends only on its own block's decisions and on the previous block's
+//! filter choice (its input channels), because strides, and so every spatial size, are fixed by
+//! the skeleton. Enumerating block by block therefore covers the whole space in
+//! `blocks x 3 x 432` decodes instead of `432^7`.
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mnas_model::backend::Cpu;
+use mnas_model::burn::tensor::backend::Backend;
+use mnas_model::burn::tensor::{Distribution, Tensor};
+use mnas_model::net::SearchLayer;
+use mnas_space::space::{DECISIONS, FILTER_MULTIPLIERS};
+use mnas_space::{Activation, Arch, Layer, SearchSpace};
+
+use crate::error::LatencyError;
+use crate::fingerprint::Fingerprint;
+use crate::inference::{InferenceLayer, InferenceNet};
+use crate::lut::{
+    head_key, layer_key, stage_keys, stem_key, FitPoint, Lut, LutEntry, LutError, LutResult, OverheadFit, LUT_FORMAT,
+};
+use crate::measure::{self, MeasureOptions};
+use crate::pin::pin_current_thread;
+use crate::stats::Stats;
+use crate::timestamp::utc_now;
+
+/// What one LUT entry times.
+#[derive(Debug, Clone)]
+pub enum StageKind {
+    /// The stem of `arch` (timed inside a whole forward pass of it).
+    Stem(Arch),
+    /// One searched layer, timed alone.
+    Layer(Layer, Activation),
+    /// Head conv + pool + classifier of `arch` (timed inside a whole forward pass of it).
+    Head(Arch),
+}
+
+/// One distinct stage configuration of the space.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    pub key: String,
+    /// Where it first occurs and what it is, e.g. `blocks.3.0 mbconv6 k3 s2`.
+    pub description: String,
+    pub macs: u64,
+    pub kind: StageKind,
+}
+
+/// How to build a LUT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LutOptions {
+    pub resolution: u32,
+    pub threads: usize,
+    /// Timed runs per entry (median kept).
+    pub runs: usize,
+    /// Untimed runs before them.
+    pub warmup: usize,
+    /// First core to pin to; `None`: the last allowed core(s), as `mnas latency`.
+    pub core: Option<usize>,
+    /// End-to-end measured archs for the overhead fit.
+    pub fit_archs: usize,
+    pub fit_seed: u64,
+    /// Timed runs per fit arch.
+    pub fit_runs: usize,
+    /// Seed of the random weights and inputs.
+    pub seed: u64,
+}
+
+impl Default for LutOptions {
+    fn default() -> Self {
+        LutOptions {
+            resolution: 224,
+            threads: 1,
+            runs: 10,
+            warmup: 3,
+            core: None,
+            fit_archs: 15,
+            fit_seed: 1,
+            fit_runs: 20,
+            seed: 0,
+        }
+    }
+}
+
+impl LutOptions {
+    fn measure_options(&self, runs: usize) -> MeasureOptions {
+        MeasureOptions {
+            threads: self.threads,
+            runs,
+            warmup: self.warmup,
+            core: self.core,
+            seed: self.seed,
+            // The fit wants the typical latency, not a re-measured tight one: one attempt.
+            retries: 0,
+            ..MeasureOptions::default()
+        }
+    }
+
+    pub fn validate(&self) -> LutResult<()> {
+        self.measure_options(self.runs).validate()?;
+        self.measure_options(self.fit_runs).validate()?;
+        if self.fit_archs < 2 {
+            return Err(LutError::Option(format!("the overhead fit needs at least 2 archs, got {}", self.fit_archs)));
+        }
+        if !(8..=1024).contains(&self.resolution) {
+            return Err(LutError::Option(format!("resolution must be between 8 and 1024, got {}", self.resolution)));
+        }
+        Ok(())
+    }
+}
+
+/// Where a build is, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LutProgress {
+    /// `done` of `total` entries measured (`done` starts at the entries a resumed table had).
+    Entries { done: usize, total: usize },
+    /// `done` of `total` fit archs measured.
+    Fit { done: usize, total: usize },
+}
+
+/// `space` at `resolution`.
+pub fn space_at(space: &SearchSpace, resolution: u32) -> SearchSpace {
+    SearchSpace { resolution, ..space.clone() }
+}
+
+/// Every distinct stage configuration `space` can produce, each once, in execution order of
+/// first occurrence: the stem, the layers of block 0, 1, ..., then the heads.
+pub fn enumerate(space: &SearchSpace) -> Vec<StageConfig> {
+    let decisions = DECISIONS.len();
+    let options: Vec<usize> = DECISIONS.iter().map(|d| d.num_options()).collect();
+    let block_combos: usize = options.iter().product();
+    let filters = FILTER_MULTIPLIERS.len();
+    let mut found = Found::default();
+    let decode = |tokens: &[usize]| space.decode(tokens).expect("tokens within the option counts");
+    let base = vec![0usize; space.num_tokens()];
+    let stem_arch = decode(&base);
+    let stem_macs = mnas_space::count(&stem_arch).layers[0].macs;
+    found.push(stem_key(&stem_arch), || ("stem conv k3 s2".into(), stem_macs, StageKind::Stem(stem_arch.clone())));
+
+    for block in 0..space.num_blocks() {
+        // The first block's input is the stem: one choice of input channels.
+        let previous = if block == 0 { 1 } else { filters };
+        for prev in 0..previous {
+            for combo in 0..block_combos {
+                let mut tokens = base.clone();
+                if block > 0 {
+                    tokens[(block - 1) * decisions + 4] = prev;
+                }
+                let mut rest = combo;
+                for (d, &n) in options.iter().enumerate() {
+                    tokens[block * decisions + d] = rest % n;
+                    rest /= n;
+                }
+                let arch = decode(&tokens);
+                // Repeats 2.. of a block are identical layers: the first two cover them all.
+                for layer in arch.layers().into_iter().filter(|l| l.block == block && l.index <= 1) {
+                    found.push(layer_key(&layer, arch.activation), || {
+                        let stage = format!("blocks.{}.{}", layer.block, layer.index);
+                        let description = stage_keys(&arch)
+                            .into_iter()
+                            .find(|s| s.stage == stage)
+                            .map(|s| format!("{stage} {}", s.description))
+                            .unwrap_or(stage);
+                        (
+                            description,
+                            mnas_space::cost::layer_cost(&layer).1,
+                            StageKind::Layer(layer.clone(), arch.activation),
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    let last = space.num_blocks() - 1;
+    for f in 0..filters {
+        let mut tokens = base.clone();
+        tokens[last * decisions + 4] = f;
+        let arch = decode(&tokens);
+        let layers = arch.layers();
+        let (head_in, size) =
+            layers.last().map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+        let costs = mnas_space::count(&arch).layers;
+        let macs = costs.iter().rev().take(2).map(|c| c.macs).sum();
+        let description = format!("head conv k1 {head_in}->{} + avgpool + linear", arch.head_channels);
+        found.push(head_key(&arch, head_in, size), || (description, macs, StageKind::Head(arch.clone())));
+    }
+    found.configs
+}
+
+/// Configurations in order of first occurrence, each once.
+#[derive(Default)]
+struct Found {
+    seen: HashSet<String>,
+    configs: Vec<StageConfig>,
+}
+
+impl Found {
+    /// Adds `key` unless it is there; `describe` only runs for a new key (it is the slow part).
+    fn push(&mut self, key: String, describe: impl FnOnce() -> (String, u64, StageKind)) {
+        if !self.seen.contains(&key) {
+            let (description, macs, kind) = describe();
+            self.seen.insert(key.clone());
+            self.configs.push(StageConfig { key, description, macs, kind });
+        }
+    }
+}
+
+/// Builds (or, given `previous`, completes) the LUT of `space` at `opts.resolution`. With
+/// `checkpoint` the table is saved there atomically every 30 s and when the entries are done, so
+/// that an interrupted build resumes from it.
+pub fn build(
+    space: &SearchSpace,
+    opts: &LutOptions,
+    previous: Option<Lut>,
+    checkpoint: Option<&Path>,
+    progress: &(dyn Fn(LutProgress) + Sync),
+) -> LutResult<Lut> {
+    opts.validate()?;
+    let space = space_at(space, opts.resolution);
+    let configs = enumerate(&space);
+    let cores = measure::planned_cores(&opts.measure_options(opts.runs))?;
+    let fingerprint = Fingerprint::current(opts.threads, cores.clone());
+    let mut lut = match previous {
+        Some(prev) => resumable(prev, &space, opts, &fingerprint, configs.len())?,
+        None => Lut {
+            format: LUT_FORMAT,
+            resolution: opts.resolution,
+            skeleton: space.skeleton.clone(),
+            stem_channels: space.stem_channels,
+            head_channels: space.head_channels,
+            num_classes: space.num_classes,
+            threads: opts.threads,
+            runs: opts.runs,
+            warmup: opts.warmup,
+            fingerprint_key: fingerprint.key(),
+            fingerprint: fingerprint.clone(),
+            configs: configs.len(),
+            entries: Default::default(),
+            fit: None,
+            build_seconds: 0.0,
+            updated_at: utc_now(),
+        },
+    };
+    let todo: Vec<&StageConfig> = configs.iter().filter(|c| !lut.entries.contains_key(&c.key)).collect();
+    tracing::info!(configs = configs.len(), todo = todo.len(), ?cores, "building the latency LUT");
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .thread_name(|i| format!("mnas-lut-{i}"))
+        .build()
+        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
+    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
+        result?;
+    }
+    let total = configs.len();
+    let mut done = total - todo.len();
+    progress(LutProgress::Entries { done, total });
+    let mut started = Instant::now();
+    let mut last_save = Instant::now();
+    for config in todo {
+        let stats = pool.install(|| time_stage(config, opts))?;
+        lut.entries.insert(
+            config.key.clone(),
+            LutEntry {
+                median_ms: stats.median_ms,
+                p10_ms: stats.p10_ms,
+                p90_ms: stats.p90_ms,
+                cv: stats.cv,
+                macs: config.macs,
+                description: config.description.clone(),
+            },
+        );
+        done += 1;
+        progress(LutProgress::Entries { done, total });
+        if let Some(path) = checkpoint {
+            if last_save.elapsed() > Duration::from_secs(30) || done == total {
+                lut.build_seconds += started.elapsed().as_secs_f64();
+                started = Instant::now();
+                lut.updated_at = utc_now();
+                lut.save(path)?;
+                last_save = Instant::now();
+            }
+        }
+    }
+    drop(pool);
+
+    if lut.fit.is_none() {
+        lut.fit = Some(fit_overhead(&lut, &space, opts, progress)?);
+    }
+    lut.build_seconds += started.elapsed().as_secs_f64();
+    lut.updated_at = utc_now();
+    if let Some(path) = checkpoint {
+        lut.save(path)?;
+    }
+    Ok(lut)
+}
+
+/// `prev` when it was built with the same settings on this device, else why not.
+fn resumable(prev: Lut, space: &SearchSpace, opts: &LutOptions, here: &Fingerprint, configs: usize) -> LutResult<Lut> {
+    let differs = |what: &str, theirs: String, ours: String| {
+        Err(LutError::Resume(format!("the existing table has {what} {theirs}, this build {ours}")))
+    };
+    if prev.resolution != opts.resolution {
+        return differs("resolution", prev.resolution.to_string(), opts.resolution.to_string());
+    }
+    if (prev.threads, prev.runs, prev.warmup) != (opts.threads, opts.runs, opts.warmup) {
+        return differs(
+            "threads/runs/warmup",
+            format!("{}/{}/{}", prev.threads, prev.runs, prev.warmup),
+            format!("{}/{}/{}", opts.threads, opts.runs, opts.warmup),
+        );
+    }
+    if prev.space() != *space {
+        return Err(LutError::Resume(
+            "the existing table is of another search space (skeleton, stem, head or classes)".into(),
+        ));
+    }
+    if prev.fingerprint_key != here.key() {
+        return differs("device fingerprint", prev.fingerprint_key, here.key());
+    }
+    if prev.configs != configs {
+        return differs("configuration count", prev.configs.to_string(), configs.to_string());
+    }
+    Ok(prev)
+}
+
+/// Median time of one stage configuration, on the calling (pinned) thread.
+fn time_stage(config: &StageConfig, opts: &LutOptions) -> LutResult<Stats> {
+    let samples = match &config.kind {
+        StageKind::Layer(layer, act) => time_layer(layer, *act, opts)?,
+        StageKind::Stem(arch) => time_in_network(arch, opts, |times| times[0])?,
+        StageKind::Head(arch) => time_in_network(arch, opts, |times| {
+            // head conv + pool, then the classifier: the last two stages.
+            times[times.len() - 2] + times[times.len() - 1]
+        })?,
+    };
+    Stats::of(&samples).ok_or_else(|| LatencyError::Engine(format!("{}: no usable timings", config.key)).into())
+}
+
+fn engine_error(e: impl std::fmt::Debug) -> LatencyError {
+    LatencyError::Engine(format!("{e:?}"))
+}
+
+/// Times one layer alone in inference form (BN folded) on a random input of its shape.
+fn time_layer(layer: &Layer, act: Activation, opts: &LutOptions) -> LutResult<Vec<f64>> {
+    let device = Default::default();
+    Cpu::seed(&device, opts.seed);
+    let model = SearchLayer::<Cpu>::new(layer, act, &device);
+    let net = InferenceLayer::new(&model, &device)?;
+    drop(model);
+    let (c, s) = (layer.in_channels as usize, layer.in_size as usize);
+    let input = Tensor::<Cpu, 4>::random([1, c, s, s], Distribution::Normal(0.0, 1.0), &device);
+    let once = || -> LutResult<f64> {
+        let start = Instant::now();
+        let y = net.forward(input.clone());
+        Cpu::sync(&device).map_err(engine_error)?;
+        let elapsed = start.elapsed();
+        black_box(y);
+        Ok(elapsed.as_secs_f64() * 1e3)
+    };
+    for _ in 0..opts.warmup {
+        once()?;
+    }
+    (0..opts.runs).map(|_| once()).collect()
+}
+
+/// Times a part of a whole network's forward pass (stage times from
+/// [`InferenceNet::forward_timed`]); the stem and the head only exist inside a network.
+fn time_in_network(arch: &Arch, opts: &LutOptions, pick: impl Fn(&[Duration]) -> Duration) -> LutResult<Vec<f64>> {
+    let device = Default::default();
+    let net = InferenceNet::<Cpu>::random(arch, opts.seed, &device)?;
+    let r = arch.resolution as usize;
+    let input = Tensor::<Cpu, 4>::random([1, 3, r, r], Distribution::Normal(0.0, 1.0), &device);
+    let once = || -> LutResult<f64> {
+        let (logits, times) = net.forward_timed(input.clone())?;
+        black_box(logits.try_into_data().map_err(engine_error)?);
+        Ok(pick(&times).as_secs_f64() * 1e3)
+    };
+    for _ in 0..opts.warmup {
+        once()?;
+    }
+    (0..opts.runs).map(|_| once()).collect()
+}
+
+/// The fit archs: `opts.fit_archs` samples of the space drawn with `opts.fit_seed`.
+pub fn fit_archs(space: &SearchSpace, opts: &LutOptions) -> Vec<Arch> {
+    space_at(space, opts.resolution).sample(opts.fit_seed, opts.fit_archs).into_iter().map(|(_, a)| a).collect()
+}
+
+/// Measures the fit archs end to end and fits `measured = a * layer_sum + b`.
+fn fit_overhead(
+    lut: &Lut,
+    space: &SearchSpace,
+    opts: &LutOptions,
+    progress: &(dyn Fn(LutProgress) + Sync),
+) -> LutResult<OverheadFit> {
+    let archs = fit_archs(space, opts);
+    let total = archs.len();
+    progress(LutProgress::Fit { done: 0, total });
+    let mut points = Vec::with_capacity(total);
+    for (i, arch) in archs.iter().enumerate() {
+        let (layer_sum_ms, _) = lut.layer_sum(arch)?;
+        let m = measure::measure(arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
+        tracing::debug!(arch = %m.arch, layer_sum_ms, measured_ms = m.median_ms, "fit point");
+        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: m.median_ms });
+        progress(LutProgress::Fit { done: i + 1, total });
+    }
+    OverheadFit::least_squares(points, opts.fit_seed, opts.fit_runs)
+}

@@ -1,0 +1,382 @@
+//! The search loop: propose -> proxy-train + measure -> reward -> update, step after step, with
+//! every finished trial in the store before the next one starts.
+//!
+//! Resumption rests on two facts: the strategy's state is stored after every step, and a
+//! strategy is deterministic given its state. A resumed search reloads the state of the last
+//! finished step, proposes the next step again (the same models as before the crash), and takes
+//! the trials of that step that already finished from the store instead of running them again.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mnas_latency::timestamp::utc_now;
+use mnas_space::{Arch, SearchSpace};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SearchError};
+use crate::reward::{Reward, FAILED_REWARD};
+use crate::store::RunStore;
+use crate::strategy::Strategy;
+use crate::trial::{Trial, TrialStatus};
+
+/// What the proxy training of one model gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccuracyResult {
+    /// Held-out top-1 in [0, 1].
+    Ok(f64),
+    /// Diverged (NaN/inf loss), failed to build, ...: recorded with the reason.
+    Failed(String),
+}
+
+/// What measuring one model on the device gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LatencyResult {
+    Ok { median_ms: f64, fingerprint: serde_json::Value },
+    Failed(String),
+}
+
+/// Proxy training: the accuracy signal.
+pub trait AccuracyEvaluator: Sync {
+    /// `seed` is fixed per trial so a re-run of the same trial trains the same way.
+    fn accuracy(&self, arch: &Arch, seed: u64) -> AccuracyResult;
+}
+
+/// The device: the latency signal, at the deployment resolution.
+pub trait LatencyEvaluator: Sync {
+    fn latency(&self, arch: &Arch) -> LatencyResult;
+    /// True when measuring shares this machine's cores with training (local measurement): the
+    /// measurement then waits for training to pause, since a busy core would distort it.
+    fn shares_cores_with_training(&self) -> bool;
+}
+
+/// The loop's own settings (stored with the run; a resume must not contradict them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopConfig {
+    /// Models proposed per controller step.
+    pub models_per_step: usize,
+    /// Stop once this many trials are done (rounded up to whole steps).
+    pub max_trials: usize,
+    /// Resolution the models are measured (deployed) at; the proxy may train smaller.
+    pub deploy_resolution: u32,
+    /// Classes of the deployed model (the dataset's).
+    pub num_classes: u32,
+    pub seed: u64,
+}
+
+impl LoopConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.models_per_step == 0 {
+            return Err(SearchError::Config("models per step must be at least 1".into()));
+        }
+        if self.max_trials == 0 {
+            return Err(SearchError::Config("the trial budget must be at least 1".into()));
+        }
+        if self.deploy_resolution < 32 {
+            return Err(SearchError::Config(format!(
+                "deployment resolution must be at least 32, got {}",
+                self.deploy_resolution
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.max_trials.div_ceil(self.models_per_step) as u64
+    }
+}
+
+/// Live progress for a display.
+pub trait SearchObserver {
+    fn on_step_start(&mut self, _step: u64, _total_steps: u64) {}
+    /// A trial is about to be trained (not called for reused trials).
+    fn on_trial_start(&mut self, _step: u64, _index: u64, _arch: &Arch) {}
+    fn on_trial(&mut self, _trial: &Trial, _done: usize, _total: usize) {}
+    fn on_step_end(&mut self, _step: u64, _rewards: &[f64]) {}
+}
+
+pub struct NoObserver;
+impl SearchObserver for NoObserver {}
+
+/// How the search ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub steps_done: u64,
+    pub trials_done: usize,
+    /// Trials run in this invocation (not taken from the store).
+    pub trials_run: usize,
+    /// The wall-clock budget ran out before the trial budget.
+    pub out_of_time: bool,
+}
+
+/// Everything the loop needs.
+pub struct Search<'a> {
+    pub store: &'a RunStore,
+    pub space: &'a SearchSpace,
+    pub strategy: &'a mut dyn Strategy,
+    pub config: &'a LoopConfig,
+    pub reward: Reward,
+    pub accuracy: &'a dyn AccuracyEvaluator,
+    pub latency: &'a dyn LatencyEvaluator,
+    /// Wall time of this invocation: no step starts that the last step's duration says would overrun it.
+    pub time_budget: Option<Duration>,
+}
+
+/// The arch a token list stands for, at the deployment resolution and class count.
+pub fn deployed_arch(space: &SearchSpace, config: &LoopConfig, tokens: &[usize]) -> Result<Arch> {
+    let mut arch = space.decode(tokens)?;
+    arch.resolution = config.deploy_resolution;
+    arch.num_classes = config.num_classes;
+    Ok(arch)
+}
+
+fn reusable(trial: &Trial) -> bool {
+    trial.status == TrialStatus::Ok || trial.latency_ms.is_some()
+}
+
+fn trial_seed(base: u64, step: u64, index: u64) -> u64 {
+    base.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 20) ^ index
+}
+
+impl Search<'_> {
+    pub fn run(&mut self, observer: &mut dyn SearchObserver) -> Result<Outcome> {
+        self.config.validate()?;
+        let started = Instant::now();
+        let first_step = match self.store.latest_strategy_state()? {
+            Some((step, bytes)) => {
+                self.strategy.load_state(&bytes)?;
+                step + 1
+            }
+            None => 0,
+        };
+        let total_steps = self.config.total_steps();
+        let total_trials = (total_steps as usize) * self.config.models_per_step;
+        let mut trials_run = 0;
+        let mut out_of_time = false;
+        let mut step = first_step;
+        let mut last_step_time = Duration::ZERO;
+        while step < total_steps {
+            // Stop when the next step would not fit, judged by the last one: the budget is a
+            // promise about when the search ends, not when it starts its last step.
+            if let Some(budget) = self.time_budget {
+                if started.elapsed() + last_step_time > budget {
+                    out_of_time = true;
+                    break;
+                }
+            }
+            let step_started = Instant::now();
+            observer.on_step_start(step, total_steps);
+            let proposals = self.strategy.propose(self.config.models_per_step)?;
+            let (trials, ran) = self.run_step(step, &proposals, total_trials, observer)?;
+            trials_run += ran;
+            let rewards: Vec<f64> = trials.iter().map(|t| t.reward).collect();
+            self.strategy.observe(&proposals, &rewards)?;
+            self.store.put_strategy_state(step, &self.strategy.save_state()?)?;
+            observer.on_step_end(step, &rewards);
+            last_step_time = step_started.elapsed();
+            step += 1;
+        }
+        Ok(Outcome { steps_done: step, trials_done: self.store.trials()?.len(), trials_run, out_of_time })
+    }
+
+    /// Runs (or takes from the store) every trial of one step, training and measuring
+    /// concurrently when the device is not this machine's cores.
+    fn run_step(
+        &self,
+        step: u64,
+        proposals: &[Vec<usize>],
+        total_trials: usize,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<(Vec<Trial>, usize)> {
+        let stored = self.store.trials_of_step(step)?;
+        let mut slots: Vec<Option<Trial>> = vec![None; proposals.len()];
+        for trial in stored {
+            let i = trial.index as usize;
+            if i >= proposals.len() || proposals[i] != trial.tokens {
+                return Err(SearchError::State(format!(
+                    "the store's trial {step}.{i} does not match what the strategy proposes again after resuming \
+                     (was the run's config or the mnas version changed?)"
+                )));
+            }
+            slots[i] = Some(trial);
+        }
+        let mut pending = Vec::new();
+        for (i, tokens) in proposals.iter().enumerate() {
+            if slots[i].is_some() {
+                continue;
+            }
+            let arch = deployed_arch(self.space, self.config, tokens)?;
+            match self.earlier_result(&arch)? {
+                Some(earlier) => {
+                    let trial = self.reused(step, i as u64, tokens, &arch, &earlier);
+                    self.store.put_trial(&trial)?;
+                    observer.on_trial(&trial, self.store.trials()?.len(), total_trials);
+                    slots[i] = Some(trial);
+                }
+                // The same arch twice within one step: the second copy waits for the first.
+                None if pending.iter().any(|(_, a): &(usize, Arch)| a.canonical() == arch.canonical()) => {}
+                None => pending.push((i, arch)),
+            }
+        }
+        let ran = pending.len();
+        self.evaluate_pending(step, proposals, &pending, &mut slots, total_trials, observer)?;
+        // Duplicates inside the step, now that their first copy is stored.
+        for (i, tokens) in proposals.iter().enumerate() {
+            if slots[i].is_none() {
+                let arch = deployed_arch(self.space, self.config, tokens)?;
+                let canonical = arch.canonical();
+                let first = slots
+                    .iter()
+                    .flatten()
+                    .find(|t| t.arch == canonical)
+                    .cloned()
+                    .ok_or_else(|| SearchError::State(format!("trial {step}.{i}: its duplicate left no result")))?;
+                let trial = self.reused(step, i as u64, tokens, &arch, &first);
+                self.store.put_trial(&trial)?;
+                observer.on_trial(&trial, self.store.trials()?.len(), total_trials);
+                slots[i] = Some(trial);
+            }
+        }
+        Ok((slots.into_iter().flatten().collect(), ran))
+    }
+
+    /// The latest earlier trial of the same arch whose result stands: a success, or a training
+    /// failure (it would fail again). A latency failure (a lost device) is worth another try.
+    fn earlier_result(&self, arch: &Arch) -> Result<Option<Trial>> {
+        let canonical = arch.canonical();
+        Ok(self.store.trials()?.into_iter().rev().find(|t| t.arch == canonical && !t.reused && reusable(t)))
+    }
+
+    fn evaluate_pending(
+        &self,
+        step: u64,
+        proposals: &[Vec<usize>],
+        pending: &[(usize, Arch)],
+        slots: &mut [Option<Trial>],
+        total_trials: usize,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let exclusive = self.latency.shares_cores_with_training();
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = mpsc::channel::<(usize, LatencyResult, f64)>();
+            if !exclusive {
+                let latency = self.latency;
+                let archs: Vec<(usize, Arch)> = pending.to_vec();
+                scope.spawn(move || {
+                    for (i, arch) in archs {
+                        let t = Instant::now();
+                        let result = latency.latency(&arch);
+                        if tx.send((i, result, t.elapsed().as_secs_f64())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            let mut latencies: Vec<Option<(LatencyResult, f64)>> = vec![None; proposals.len()];
+            for (i, arch) in pending {
+                observer.on_trial_start(step, *i as u64, arch);
+                let seed = trial_seed(self.config.seed, step, *i as u64);
+                let t = Instant::now();
+                let accuracy = self.accuracy.accuracy(arch, seed);
+                let train_seconds = t.elapsed().as_secs_f64();
+                let (latency, latency_seconds) = if exclusive {
+                    let t = Instant::now();
+                    let r = self.latency.latency(arch);
+                    (r, t.elapsed().as_secs_f64())
+                } else {
+                    loop {
+                        if let Some(done) = latencies[*i].take() {
+                            break done;
+                        }
+                        let (j, r, s) = rx.recv().map_err(|_| {
+                            SearchError::State("the latency worker stopped before measuring every model".into())
+                        })?;
+                        latencies[j] = Some((r, s));
+                    }
+                };
+                let trial = self.finish(
+                    step,
+                    *i as u64,
+                    &proposals[*i],
+                    arch,
+                    accuracy,
+                    latency,
+                    train_seconds,
+                    latency_seconds,
+                );
+                self.store.put_trial(&trial)?;
+                observer.on_trial(&trial, self.store.trials()?.len(), total_trials);
+                slots[*i] = Some(trial);
+            }
+            Ok(())
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        step: u64,
+        index: u64,
+        tokens: &[usize],
+        arch: &Arch,
+        accuracy: AccuracyResult,
+        latency: LatencyResult,
+        train_seconds: f64,
+        latency_seconds: f64,
+    ) -> Trial {
+        let counts = mnas_space::count(arch);
+        let mut trial = Trial {
+            step,
+            index,
+            tokens: tokens.to_vec(),
+            arch: arch.canonical(),
+            arch_json: serde_json::to_value(arch).unwrap_or(serde_json::Value::Null),
+            params: counts.params,
+            macs: counts.macs,
+            accuracy: None,
+            latency_ms: None,
+            fingerprint: None,
+            reward: FAILED_REWARD,
+            status: TrialStatus::Failed,
+            reason: None,
+            train_seconds,
+            latency_seconds,
+            reused: false,
+            finished_at: utc_now(),
+        };
+        let mut reasons = Vec::new();
+        match accuracy {
+            AccuracyResult::Ok(a) => trial.accuracy = Some(a),
+            AccuracyResult::Failed(r) => reasons.push(format!("training: {r}")),
+        }
+        match latency {
+            LatencyResult::Ok { median_ms, fingerprint } => {
+                trial.latency_ms = Some(median_ms);
+                trial.fingerprint = Some(fingerprint);
+            }
+            LatencyResult::Failed(r) => reasons.push(format!("latency: {r}")),
+        }
+        if let (Some(a), Some(l)) = (trial.accuracy, trial.latency_ms) {
+            trial.reward = self.reward.of(a, l);
+            trial.status = TrialStatus::Ok;
+        } else {
+            trial.reason = Some(reasons.join("; "));
+        }
+        trial
+    }
+
+    fn reused(&self, step: u64, index: u64, tokens: &[usize], arch: &Arch, earlier: &Trial) -> Trial {
+        let mut trial = earlier.clone();
+        trial.step = step;
+        trial.index = index;
+        trial.tokens = tokens.to_vec();
+        trial.arch = arch.canonical();
+        trial.reused = true;
+        trial.train_seconds = 0.0;
+        trial.latency_seconds = 0.0;
+        trial.finished_at = utc_now();
+        trial
+    }
+}
