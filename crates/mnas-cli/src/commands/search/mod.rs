@@ -62,7 +62,7 @@ pub struct SearchArgs {
     /// Search strategy [default: ppo].
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyArg>,
-    /// Trials in total (rounded up to whole steps) [default: 24].
+    /// Trials in total (rounded up to whole steps) [default: 40].
     #[arg(long)]
     pub trials: Option<usize>,
     /// Models proposed per controller step [default: 4].
@@ -110,7 +110,7 @@ pub struct SearchArgs {
     /// Train images per trial, a fixed seeded subset; 0 = all [default: 2000].
     #[arg(long)]
     pub proxy_images: Option<usize>,
-    /// Proxy batch size [default: 64].
+    /// Proxy batch size [default: 32: more steps per image on a small proxy set].
     #[arg(long)]
     pub proxy_batch_size: Option<usize>,
     /// Proxy peak learning rate (SGD, cosine) [default: 0.05].
@@ -177,7 +177,7 @@ fn proxy_of(args: &SearchArgs) -> ProxySettings {
         split_seed: args.split_seed.unwrap_or(0),
         resolution: args.proxy_resolution,
         epochs: args.proxy_epochs.unwrap_or(1),
-        batch_size: args.proxy_batch_size.unwrap_or(64),
+        batch_size: args.proxy_batch_size.unwrap_or(32),
         lr: args.proxy_lr.unwrap_or(0.05),
         images: args.proxy_images.unwrap_or(2000),
     }
@@ -302,7 +302,7 @@ fn new_run(args: &SearchArgs, dir: &Path) -> Result<(RunStore, RunConfig, Device
     let deploy_resolution = args.resolution.unwrap_or(224);
     let loop_probe = LoopConfig {
         models_per_step: args.models_per_step.unwrap_or(4),
-        max_trials: args.trials.unwrap_or(24),
+        max_trials: args.trials.unwrap_or(40),
         deploy_resolution,
         num_classes: 10,
         seed: 0,
