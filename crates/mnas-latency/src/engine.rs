@@ -108,15 +108,7 @@ impl EngineCommand {
 
     /// The store key a measurement of `arch` with `opts` through this command gets.
     pub fn key(&self, arch: &Arch, opts: &MeasureOptions) -> Key {
-        let fp = self.fingerprint(opts.threads);
-        Key {
-            arch: arch.canonical(),
-            resolution: arch.resolution,
-            batch: opts.batch,
-            threads: opts.threads,
-            fingerprint: fp.key(),
-            engine: fp.engine,
-        }
+        Key::on(&self.fingerprint(opts.threads), arch, opts)
     }
 
     /// Exports `arch`, runs the command on it, and reads the latency it reports.

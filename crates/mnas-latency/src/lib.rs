@@ -43,15 +43,7 @@ pub fn measure_arch(arch: &Arch, opts: &MeasureOptions) -> Result<Measurement> {
 
 /// The store key a measurement of `arch` with `opts` would get on this machine.
 pub fn key_for(arch: &Arch, opts: &MeasureOptions) -> Key {
-    let fingerprint = Fingerprint::current(opts.threads, Vec::new());
-    Key {
-        arch: arch.canonical(),
-        resolution: arch.resolution,
-        batch: opts.batch,
-        threads: opts.threads,
-        fingerprint: fingerprint.key(),
-        engine: fingerprint.engine,
-    }
+    Key::on(&Fingerprint::current(opts.threads, Vec::new()), arch, opts)
 }
 
 /// The stored measurement of `arch` on this device when there is one with at least `opts.runs`

@@ -412,16 +412,7 @@ fn check_measurement(m: &Measurement, arch: &Arch, opts: &MeasureOptions) -> Res
 /// The store key of a measurement of `arch` with `opts` on the device `fingerprint` describes
 /// (an agent's [`Response::Pong`]).
 pub fn key_on(fingerprint: &Fingerprint, arch: &Arch, opts: &MeasureOptions) -> Key {
-    let mut fp = fingerprint.clone();
-    fp.threads = opts.threads;
-    Key {
-        arch: arch.canonical(),
-        resolution: arch.resolution,
-        batch: opts.batch,
-        threads: opts.threads,
-        fingerprint: fp.key(),
-        engine: fp.engine,
-    }
+    Key::on(fingerprint, arch, opts)
 }
 
 #[cfg(test)]

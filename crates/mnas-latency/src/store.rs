@@ -12,7 +12,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use crate::error::{LatencyError, Result};
 use crate::fingerprint::Fingerprint;
-use crate::measure::Measurement;
+use crate::measure::{MeasureOptions, Measurement};
+use mnas_space::Arch;
 
 /// Schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -61,6 +62,21 @@ impl Key {
             threads: m.threads,
             fingerprint: m.fingerprint.key(),
             engine: m.fingerprint.engine.clone(),
+        }
+    }
+
+    /// The key a measurement of `arch` with `opts` gets on the device `fingerprint` describes
+    /// (its thread count taken from `opts`): the one place keys are made before measuring.
+    pub fn on(fingerprint: &Fingerprint, arch: &Arch, opts: &MeasureOptions) -> Key {
+        let mut fp = fingerprint.clone();
+        fp.threads = opts.threads;
+        Key {
+            arch: arch.canonical(),
+            resolution: arch.resolution,
+            batch: opts.batch,
+            threads: opts.threads,
+            fingerprint: fp.key(),
+            engine: fp.engine,
         }
     }
 }
