@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::module::{Param, RunningState};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use mnas_space::{Arch, ConvOp};
+use mnas_space::{naming, Arch};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -97,44 +97,38 @@ fn se<B: Backend>(prefix: &str, s: &mut SqueezeExcite<B>, f: &mut Visitor<'_, B>
 }
 
 fn layer<B: Backend>(p: &str, l: &mut SearchLayer<B>, f: &mut Visitor<'_, B>) {
-    // timm's module names per block type: cn (conv, bn1), ds (conv_dw, bn1, se, conv_pw, bn2),
-    // ir (conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3).
-    let (k_conv, k_bn, proj_conv, proj_bn) = match l.spec.op {
-        ConvOp::Conv => ("conv", "bn1", "", ""),
-        ConvOp::SepConv => ("conv_dw", "bn1", "conv_pw", "bn2"),
-        ConvOp::MbConv => ("conv_dw", "bn2", "conv_pwl", "bn3"),
-    };
+    let names = naming::layer_names(l.spec.op);
     if let (Some(c), Some(b)) = (l.conv_exp.as_mut(), l.bn_exp.as_mut()) {
-        conv(&format!("{p}.conv_pw"), c, f);
-        bn(&format!("{p}.bn1"), b, f);
+        conv(&format!("{p}.{}", names.expand_conv), c, f);
+        bn(&format!("{p}.{}", names.expand_bn), b, f);
     }
-    conv(&format!("{p}.{k_conv}"), &mut l.conv_k, f);
-    bn(&format!("{p}.{k_bn}"), &mut l.bn_k, f);
+    conv(&format!("{p}.{}", names.kxk_conv), &mut l.conv_k, f);
+    bn(&format!("{p}.{}", names.kxk_bn), &mut l.bn_k, f);
     if let Some(s) = l.se.as_mut() {
-        se(&format!("{p}.se"), s, f);
+        se(&format!("{p}.{}", names.se), s, f);
     }
     if let (Some(c), Some(b)) = (l.conv_proj.as_mut(), l.bn_proj.as_mut()) {
-        conv(&format!("{p}.{proj_conv}"), c, f);
-        bn(&format!("{p}.{proj_bn}"), b, f);
+        conv(&format!("{p}.{}", names.project_conv), c, f);
+        bn(&format!("{p}.{}", names.project_bn), b, f);
     }
     if let (Some(c), Some(b)) = (l.skip_conv.as_mut(), l.skip_bn.as_mut()) {
-        conv(&format!("{p}.skip.conv"), c, f);
-        bn(&format!("{p}.skip.bn"), b, f);
+        conv(&format!("{p}.{}", names.skip_conv), c, f);
+        bn(&format!("{p}.{}", names.skip_bn), b, f);
     }
 }
 
 /// Visits every tensor of the model with its timm state-dict name, mutably.
 pub fn visit_mut<B: Backend>(m: &mut MnasNet<B>, f: &mut Visitor<'_, B>) {
-    conv("conv_stem", &mut m.conv_stem, f);
-    bn("bn1", &mut m.bn1, f);
+    conv(naming::STEM_CONV, &mut m.conv_stem, f);
+    bn(naming::STEM_BN, &mut m.bn1, f);
     for l in m.blocks.iter_mut() {
-        let prefix = format!("blocks.{}.{}", l.spec.block, l.spec.index);
+        let prefix = naming::layer_prefix(&l.spec);
         layer(&prefix, l, f);
     }
-    conv("conv_head", &mut m.conv_head, f);
-    bn("bn2", &mut m.bn2, f);
-    f("classifier.weight", Slot::P2(&mut m.classifier_weight));
-    f("classifier.bias", Slot::P1(&mut m.classifier_bias));
+    conv(naming::HEAD_CONV, &mut m.conv_head, f);
+    bn(naming::HEAD_BN, &mut m.bn2, f);
+    f(&format!("{}.weight", naming::CLASSIFIER), Slot::P2(&mut m.classifier_weight));
+    f(&format!("{}.bias", naming::CLASSIFIER), Slot::P1(&mut m.classifier_bias));
 }
 
 /// Visits every tensor read-only (on a shallow clone: tensors are shared, not copied).

@@ -6,6 +6,7 @@ pub mod arch;
 pub mod cost;
 pub mod error;
 pub mod grammar;
+pub mod naming;
 pub mod space;
 pub mod zoo;
 

@@ -1,0 +1,244 @@
+//! Depthwise convolution (one kxk filter per channel, symmetric zero padding k/2) on NHWC data.
+//! Weights are laid out `[ky][kx][c]`. Forward and input gradient run one output (or input) row
+//! per task; the weight gradient reduces over images with one accumulator per task.
+
+use rayon::prelude::*;
+
+use crate::buf::Buf;
+use crate::simd::{madd, simd_fn};
+
+/// Geometry of one depthwise convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dw {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl Dw {
+    pub fn pad(&self) -> usize {
+        self.k / 2
+    }
+    pub fn oh(&self) -> usize {
+        (self.h + 2 * self.pad() - self.k) / self.stride + 1
+    }
+    pub fn ow(&self) -> usize {
+        (self.w + 2 * self.pad() - self.k) / self.stride + 1
+    }
+    fn in_image(&self) -> usize {
+        self.h * self.w * self.c
+    }
+    fn out_image(&self) -> usize {
+        self.oh() * self.ow() * self.c
+    }
+    /// Output columns whose input column `ox*s + kx - pad` lies inside the image: `lo..hi`.
+    fn ox_range(&self, kx: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.pad());
+        let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+        let hi = if self.w + p > kx { ((self.w - 1 + p - kx) / s + 1).min(self.ow()) } else { 0 };
+        (lo, hi.max(lo))
+    }
+    fn iy(&self, oy: usize, ky: usize) -> Option<usize> {
+        let iy = (oy * self.stride + ky) as isize - self.pad() as isize;
+        (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
+    }
+}
+
+simd_fn! {
+    /// One output row `oy` of one image: `out` (ow x c) = sum over taps of x * w, plus `bias`.
+    fn forward_row(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Dw, oy: usize, out: &mut [f32]) {
+        let (c, k, s, p) = (g.c, g.k, g.stride, g.pad());
+        match bias {
+            Some(b) => out.chunks_exact_mut(c).for_each(|o| o.copy_from_slice(b)),
+            None => out.fill(0.0),
+        }
+        for ky in 0..k {
+            let Some(iy) = g.iy(oy, ky) else { continue };
+            let row = &x[iy * g.w * c..(iy + 1) * g.w * c];
+            for kx in 0..k {
+                let wk = &wt[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                let (lo, hi) = g.ox_range(kx);
+                for ox in lo..hi {
+                    let ix = ox * s + kx - p;
+                    let xi = &row[ix * c..(ix + 1) * c];
+                    let o = &mut out[ox * c..(ox + 1) * c];
+                    for ((o, &xv), &wv) in o.iter_mut().zip(xi).zip(wk) {
+                        *o = madd::<FMA>(xv, wv, *o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y = depthwise(x, w) (+ bias per channel).
+pub fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Dw) -> Buf {
+    let mut y = Buf::uninit(g.n * g.out_image());
+    forward_into(x, wt, bias, g, &mut y);
+    y
+}
+
+/// [`forward`] into a caller's buffer of `n * oh * ow * c`.
+pub fn forward_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Dw, y: &mut [f32]) {
+    let (oh, row) = (g.oh(), g.ow() * g.c);
+    assert_eq!(y.len(), g.n * oh * row, "depthwise output size");
+    assert_eq!(x.len(), g.n * g.in_image(), "depthwise input size");
+    let rows_per_task = (4096 / row.max(1)).max(1);
+    y.par_chunks_mut(row * rows_per_task).enumerate().for_each(|(t, block)| {
+        for (i, out) in block.chunks_exact_mut(row).enumerate() {
+            let r = t * rows_per_task + i;
+            let (b, oy) = (r / oh, r % oh);
+            forward_row(&x[b * g.in_image()..(b + 1) * g.in_image()], wt, bias, g, oy, out);
+        }
+    });
+}
+
+simd_fn! {
+    /// One input-gradient row `iy` of one image, gathered from the output rows that read it.
+    fn backward_x_row(dy: &[f32], wt: &[f32], g: &Dw, iy: usize, out: &mut [f32]) {
+        let (c, k, s, p, ow) = (g.c, g.k, g.stride, g.pad(), g.ow());
+        out.fill(0.0);
+        for ky in 0..k {
+            let t = iy as isize + p as isize - ky as isize;
+            if t < 0 || !(t as usize).is_multiple_of(s) || t as usize / s >= g.oh() {
+                continue;
+            }
+            let oy = t as usize / s;
+            let drow = &dy[oy * ow * c..(oy + 1) * ow * c];
+            for kx in 0..k {
+                let wk = &wt[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                let (lo, hi) = g.ox_range(kx);
+                for ox in lo..hi {
+                    let ix = ox * s + kx - p;
+                    let d = &drow[ox * c..(ox + 1) * c];
+                    let o = &mut out[ix * c..(ix + 1) * c];
+                    for ((o, &dv), &wv) in o.iter_mut().zip(d).zip(wk) {
+                        *o = madd::<FMA>(dv, wv, *o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dx from dy.
+pub fn backward_x(dy: &[f32], wt: &[f32], g: &Dw) -> Buf {
+    let row = g.w * g.c;
+    let mut dx = Buf::uninit(g.n * g.in_image());
+    let rows_per_task = (4096 / row.max(1)).max(1);
+    dx.par_chunks_mut(row * rows_per_task).enumerate().for_each(|(t, block)| {
+        for (i, out) in block.chunks_exact_mut(row).enumerate() {
+            let r = t * rows_per_task + i;
+            let (b, iy) = (r / g.h, r % g.h);
+            backward_x_row(&dy[b * g.out_image()..(b + 1) * g.out_image()], wt, g, iy, out);
+        }
+    });
+    dx
+}
+
+simd_fn! {
+    /// Adds one image's contribution to the weight gradient `acc` ([ky][kx][c]).
+    fn backward_w_image(x: &[f32], dy: &[f32], g: &Dw, acc: &mut [f32]) {
+        let (c, k, s, p, ow) = (g.c, g.k, g.stride, g.pad(), g.ow());
+        for oy in 0..g.oh() {
+            let drow = &dy[oy * ow * c..(oy + 1) * ow * c];
+            for ky in 0..k {
+                let Some(iy) = g.iy(oy, ky) else { continue };
+                let row = &x[iy * g.w * c..(iy + 1) * g.w * c];
+                for kx in 0..k {
+                    let a = &mut acc[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    let (lo, hi) = g.ox_range(kx);
+                    for ox in lo..hi {
+                        let ix = ox * s + kx - p;
+                        let xi = &row[ix * c..(ix + 1) * c];
+                        let d = &drow[ox * c..(ox + 1) * c];
+                        for ((a, &xv), &dv) in a.iter_mut().zip(xi).zip(d) {
+                            *a = madd::<FMA>(xv, dv, *a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dw (`[ky][kx][c]`) summed over the batch, added to `dw`.
+pub fn backward_w(x: &[f32], dy: &[f32], g: &Dw, dw: &mut [f32]) {
+    let parts: Vec<Vec<f32>> = super::ranges(g.n, super::tasks())
+        .into_par_iter()
+        .map(|(lo, hi)| {
+            let mut acc = vec![0f32; g.k * g.k * g.c];
+            for b in lo..hi {
+                backward_w_image(
+                    &x[b * g.in_image()..(b + 1) * g.in_image()],
+                    &dy[b * g.out_image()..(b + 1) * g.out_image()],
+                    g,
+                    &mut acc,
+                );
+            }
+            acc
+        })
+        .collect();
+    for p in &parts {
+        crate::simd::add_to(dw, p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{max_rel, values};
+
+    /// Direct f64 forward, input gradient and weight gradient.
+    fn direct(x: &[f32], wt: &[f32], dy: &[f32], g: &Dw) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (oh, ow, c, k, s, p) = (g.oh(), g.ow(), g.c, g.k, g.stride as isize, g.pad() as isize);
+        let mut y = vec![0f64; g.n * oh * ow * c];
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; wt.len()];
+        for b in 0..g.n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        let yi = ((b * oh + oy) * ow + ox) * c + ch;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = oy as isize * s + ky as isize - p;
+                                let ix = ox as isize * s + kx as isize - p;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * g.h + iy as usize) * g.w + ix as usize) * c + ch;
+                                let wi = (ky * k + kx) * c + ch;
+                                y[yi] += x[xi] as f64 * wt[wi] as f64;
+                                dx[xi] += dy[yi] as f64 * wt[wi] as f64;
+                                dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    #[test]
+    fn matches_direct_f64_for_every_kernel_stride_and_odd_size() {
+        for &(n, h, w, c, k, stride) in
+            &[(2, 7, 5, 3, 3, 1), (3, 8, 8, 16, 3, 2), (2, 9, 9, 24, 5, 2), (1, 2, 2, 40, 5, 1), (4, 1, 1, 8, 3, 2)]
+        {
+            let g = Dw { n, h, w, c, k, stride };
+            let x = values(n * h * w * c, 1);
+            let wt = values(k * k * c, 2);
+            let dy = values(n * g.oh() * g.ow() * c, 3);
+            let (y64, dx64, dw64) = direct(&x, &wt, &dy, &g);
+            assert!(max_rel(&forward(&x, &wt, None, &g), &y64) < 1e-6, "forward {g:?}");
+            assert!(max_rel(&backward_x(&dy, &wt, &g), &dx64) < 1e-6, "dx {g:?}");
+            let mut dw = vec![0f32; wt.len()];
+            backward_w(&x, &dy, &g, &mut dw);
+            assert!(max_rel(&dw, &dw64) < 1e-6, "dw {g:?}");
+        }
+    }
+}
