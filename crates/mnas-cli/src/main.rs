@@ -61,7 +61,7 @@ enum Command {
     /// Measure inference latency (batch 1): this machine, remote agents, your engine, or a lookup table.
     #[command(long_about = commands::latency::LONG_ABOUT)]
     Latency(commands::latency::LatencyArgs),
-    /// Benchmarks: `mnas bench train` times a training step against PyTorch's.
+    /// Benchmarks: training speed against PyTorch, proxy fidelity against reference trainings.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
     /// Serve latency measurements of this machine to `mnas latency --device` elsewhere.

@@ -31,7 +31,16 @@ impl Augment {
     }
 }
 
-/// A batch ready for a model: `images` is N x 3 x size x size, normalised.
+/// Memory order of a batch's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// N x 3 x size x size (burn, PyTorch).
+    Nchw,
+    /// N x size x size x 3 (the CPU engine: channels innermost).
+    Nhwc,
+}
+
+/// A batch ready for a model: `images` is normalised, in the layout it was asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub images: Vec<f32>,
@@ -100,8 +109,8 @@ fn augment_image(src: &[u8], size: usize, aug: Augment, rng: &mut ChaCha8Rng, ou
     }
 }
 
-/// Batches of one pass over `set`: shuffled and augmented from `seed` when `shuffle` is set, in
-/// order otherwise. The last batch may be smaller; `drop_last` drops it (training).
+/// Batches of one pass over `set` in NCHW: shuffled and augmented from `seed` when `shuffle` is
+/// set, in order otherwise. The last batch may be smaller; `drop_last` drops it (training).
 pub fn batches(
     set: &ImageSet,
     batch_size: usize,
@@ -109,6 +118,19 @@ pub fn batches(
     aug: Augment,
     shuffle: Option<u64>,
     drop_last: bool,
+) -> impl Iterator<Item = Batch> + '_ {
+    batches_in(set, batch_size, norm, aug, shuffle, drop_last, Layout::Nchw)
+}
+
+/// [`batches`] in the given layout.
+pub fn batches_in(
+    set: &ImageSet,
+    batch_size: usize,
+    norm: Normalize,
+    aug: Augment,
+    shuffle: Option<u64>,
+    drop_last: bool,
+    layout: Layout,
 ) -> impl Iterator<Item = Batch> + '_ {
     let mut order: Vec<usize> = (0..set.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(shuffle.unwrap_or(0));
@@ -128,9 +150,18 @@ pub fn batches(
         for (b, &i) in idx.iter().enumerate() {
             augment_image(set.image(i), size, aug, &mut rng, &mut buf);
             let base = b * 3 * plane;
-            for p in 0..plane {
-                for c in 0..3 {
-                    images[base + c * plane + p] = buf[p * 3 + c] as f32 * scale[c] - shift[c];
+            match layout {
+                Layout::Nchw => {
+                    for p in 0..plane {
+                        for c in 0..3 {
+                            images[base + c * plane + p] = buf[p * 3 + c] as f32 * scale[c] - shift[c];
+                        }
+                    }
+                }
+                Layout::Nhwc => {
+                    for (i, &v) in buf.iter().enumerate() {
+                        images[base + i] = v as f32 * scale[i % 3] - shift[i % 3];
+                    }
                 }
             }
         }

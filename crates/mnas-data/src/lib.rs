@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-pub use batch::{batches, Augment, Batch, Normalize};
+pub use batch::{batches, batches_in, Augment, Batch, Layout, Normalize};
 pub use error::DataError;
 pub use set::ImageSet;
 
@@ -82,6 +82,21 @@ fn resize_set(set: ImageSet, size: usize) -> ImageSet {
         })
         .collect();
     ImageSet { size, pixels, labels: set.labels }
+}
+
+impl Splits {
+    /// Fingerprint of what training and scoring see: classes, train and held-out splits (not
+    /// the test split). Equal hashes mean the same images, labels and split.
+    pub fn content_hash(&self) -> u64 {
+        let mut h = set::Fnv::new();
+        for c in &self.classes {
+            h.write_bytes(c.as_bytes());
+            h.write_u64(0xff);
+        }
+        h.write_u64(self.train.content_hash());
+        h.write_u64(self.val.content_hash());
+        h.finish()
+    }
 }
 
 /// Loads and splits a dataset.

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mnas_data::{batches, open, Augment, DataError, DataSpec, Source};
+use mnas_data::{batches, batches_in, open, Augment, DataError, DataSpec, Layout, Source};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mnas-data-test-{}-{name}", std::process::id()));
@@ -49,6 +49,9 @@ fn embedded_default_loads_with_a_seeded_held_out_split() {
     assert_eq!(s.val, again.val);
     let other = open(&DataSpec { split_seed: 1, ..DataSpec::embedded() }).unwrap();
     assert_ne!(s.val.labels, other.val.labels);
+    // The content hash tells the two splits apart and is the same on every load.
+    assert_ne!(s.content_hash(), other.content_hash());
+    assert_eq!(s.content_hash(), open(&DataSpec::embedded()).unwrap().content_hash());
     // Real photos: channel means well inside (0, 1), not constant images.
     assert!(s.norm.mean.iter().all(|m| *m > 0.3 && *m < 0.7), "{:?}", s.norm);
     assert!(s.norm.std.iter().all(|v| *v > 0.1), "{:?}", s.norm);
@@ -67,6 +70,14 @@ fn batches_are_normalised_and_augmentation_is_seeded() {
     assert_ne!(aug(3).images, aug(4).images);
     let rrc = batches(&s.train, 8, s.norm, Augment::ResizedCrop, Some(1), true).next().unwrap();
     assert_eq!(rrc.images.len(), 8 * 3 * 32 * 32);
+    // The same augmented batch channels-last: every value moves to (n, y, x, c).
+    let nchw = aug(5);
+    let nhwc =
+        batches_in(&s.train, 32, s.norm, Augment::PadCrop { pad: 4 }, Some(5), true, Layout::Nhwc).next().unwrap();
+    assert_eq!(nhwc.labels, nchw.labels);
+    for (n, c, p) in [(0, 0, 0), (3, 2, 517), (31, 1, 1023)] {
+        assert_eq!(nhwc.images[(n * 1024 + p) * 3 + c], nchw.images[(n * 3 + c) * 1024 + p]);
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod mat;
 pub mod net;
 pub mod params;
 pub mod simd;
+pub mod train;
 
 pub use error::EngineError;
 pub use net::{Net, NetOptions, Tape};

@@ -5,8 +5,8 @@
 //!   re-measurement when the spread is too wide;
 //! - [`fingerprint`]: the device, engine and build every measurement carries;
 //! - [`store`]: the SQLite table a search reuses, so a measured arch costs nothing the second time;
-//! - [`lut`] / [`lut_build`]: the per-layer lookup-table predictor (microseconds per arch), [`kendall`]
-//!   for judging how well it ranks;
+//! - [`lut`] / [`lut_build`]: the per-layer lookup-table predictor (microseconds per arch), judged
+//!   by how well it ranks (Kendall tau, from mnas-stats);
 //! - [`protocol`] / [`agent`] / [`pool`]: measuring on other machines through `mnas agent`;
 //! - [`engine`]: measuring with an external command (`--engine cmd:...`) on an exported ONNX model.
 
@@ -15,7 +15,6 @@ pub mod engine;
 pub mod error;
 pub mod fingerprint;
 pub mod inference;
-pub mod kendall;
 pub mod lut;
 pub mod lut_build;
 pub mod measure;

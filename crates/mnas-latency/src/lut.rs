@@ -388,9 +388,9 @@ impl Accuracy {
             within_10pct: within as f64 / nf,
             rmse_ms: ((0..n).map(|i| (predicted[i] - measured[i]).powi(2)).sum::<f64>() / nf).sqrt(),
             mape: rel.iter().map(|r| r.abs()).sum::<f64>() / nf,
-            tau_prediction: crate::kendall::tau_b(predicted, measured),
-            tau_layer_sum: crate::kendall::tau_b(layer_sum, measured),
-            tau_macs: crate::kendall::tau_b(macs, measured),
+            tau_prediction: mnas_stats::tau_b(predicted, measured),
+            tau_layer_sum: mnas_stats::tau_b(layer_sum, measured),
+            tau_macs: mnas_stats::tau_b(macs, measured),
         }
     }
 }

@@ -35,10 +35,11 @@ pub enum LatencyResult {
     Failed(String),
 }
 
-/// Proxy training: the accuracy signal.
+/// Proxy training: the accuracy signal. Deterministic: the evaluator owns its seed (the same for
+/// every trial, so that trials differ by their architectures only), and a re-run of a trial
+/// trains the same way.
 pub trait AccuracyEvaluator: Sync {
-    /// `seed` is fixed per trial so a re-run of the same trial trains the same way.
-    fn accuracy(&self, arch: &Arch, seed: u64) -> AccuracyResult;
+    fn accuracy(&self, arch: &Arch) -> AccuracyResult;
 }
 
 /// The device: the latency signal, at the deployment resolution.
@@ -131,10 +132,6 @@ pub fn deployed_arch(space: &SearchSpace, config: &LoopConfig, tokens: &[usize])
 
 fn reusable(trial: &Trial) -> bool {
     trial.status == TrialStatus::Ok || trial.latency_ms.is_some()
-}
-
-fn trial_seed(base: u64, step: u64, index: u64) -> u64 {
-    base.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 20) ^ index
 }
 
 impl Search<'_> {
@@ -277,9 +274,8 @@ impl Search<'_> {
             let mut latencies: Vec<Option<(LatencyResult, f64)>> = vec![None; proposals.len()];
             for (i, arch) in pending {
                 observer.on_trial_start(step, *i as u64, arch);
-                let seed = trial_seed(self.config.seed, step, *i as u64);
                 let t = Instant::now();
-                let accuracy = self.accuracy.accuracy(arch, seed);
+                let accuracy = self.accuracy.accuracy(arch);
                 let train_seconds = t.elapsed().as_secs_f64();
                 let (latency, latency_seconds) = if exclusive {
                     let t = Instant::now();

@@ -22,7 +22,7 @@ struct CountingAccuracy {
 }
 
 impl AccuracyEvaluator for CountingAccuracy {
-    fn accuracy(&self, arch: &Arch, _seed: u64) -> AccuracyResult {
+    fn accuracy(&self, arch: &Arch) -> AccuracyResult {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if self.crash_at == Some(n) {
             panic!("simulated kill -9 during training");

@@ -7,6 +7,7 @@ pub mod latency;
 pub mod latency_remote;
 pub mod lut;
 pub mod pareto;
+pub mod proxy_args;
 pub mod report;
 pub mod search;
 pub mod space;

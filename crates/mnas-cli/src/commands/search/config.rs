@@ -2,6 +2,7 @@
 //! store, and an option given again must agree with them.
 
 use anyhow::{bail, Result};
+use mnas_pipeline::ProxySettings;
 use mnas_search::strategy::StrategyConfig;
 use mnas_search::{Constraint, StrategyKind};
 use serde::{Deserialize, Serialize};
@@ -18,22 +19,6 @@ pub enum LatencySource {
     Engine { command: String, threads: usize, runs: usize, warmup: usize },
     /// Predicted from a lookup table built with `mnas latency build-lut`.
     Lut { path: String, fingerprint_key: String },
-}
-
-/// The proxy task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxySettings {
-    /// `None`: the embedded CIFAR-10 subset.
-    pub data: Option<String>,
-    pub val_fraction: f64,
-    pub split_seed: u64,
-    /// Square size the proxy trains at; `None` keeps the dataset's.
-    pub resolution: Option<u32>,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    /// Train images used per trial (a fixed seeded subset); 0 = all.
-    pub images: usize,
 }
 
 /// The whole stored configuration.

@@ -14,7 +14,6 @@ use mnas_search::scheduler::{LatencyEvaluator, LatencyResult};
 use mnas_space::Arch;
 
 use super::config::LatencySource;
-use super::evaluators::panic_reason;
 
 /// Longest an engine command may run for one model.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -156,4 +155,13 @@ impl LatencyEvaluator for DeviceLatency {
         // An engine command may run here or on a phone; assume here, the safe side.
         matches!(self.device, Device::Local { .. } | Device::Engine { .. })
     }
+}
+
+/// A panic inside a kernel is a failed trial, not the end of the search.
+fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
 }

@@ -1,7 +1,6 @@
 //! `mnas search`: the MnasNet search loop on this machine, with a crash-proof trial store.
 
 mod config;
-mod evaluators;
 mod latency;
 mod progress;
 
@@ -10,8 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use mnas_data::{DataSpec, Source, Splits};
-use mnas_model::train::TrainConfig;
+use mnas_pipeline::{ProxySettings, ProxyTrainer};
 use mnas_search::pareto::pareto_front;
 use mnas_search::report::{blocks_of, describe_constraint, write_report, ReportMeta, ReportRun};
 use mnas_search::scheduler::{deployed_arch, LatencyEvaluator, LatencyResult, LoopConfig, Search};
@@ -20,11 +18,11 @@ use mnas_search::strategy::{build, StrategyConfig};
 use mnas_search::{Constraint, Reward, StrategyKind, TrialStatus};
 use mnas_space::SearchSpace;
 
-use self::config::{agree, LatencySource, ProxySettings, RunConfig};
-use self::evaluators::ProxyTrainer;
+use self::config::{agree, LatencySource, RunConfig};
 use self::latency::DeviceLatency;
 use self::progress::SearchProgress;
 use super::latency::default_store;
+use super::proxy_args::{describe, ProxyArgs};
 
 pub const LONG_ABOUT: &str = "Search the MnasNet space for models that are accurate and fast on this device.\n\n\
 Every step the strategy (default: the paper's LSTM controller trained with PPO) proposes models; each is trained \
@@ -92,30 +90,8 @@ pub struct SearchArgs {
     /// Deployment resolution: latency is measured there, whatever the proxy trains at [default: 224].
     #[arg(long)]
     pub resolution: Option<u32>,
-    /// Proxy dataset (see `mnas train --help`) [default: the embedded CIFAR-10 subset].
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Fraction of train held out for the proxy accuracy [default: 0.1].
-    #[arg(long)]
-    pub val_fraction: Option<f64>,
-    /// Seed of the held-out split [default: 0].
-    #[arg(long)]
-    pub split_seed: Option<u64>,
-    /// Square size the proxy trains at [default: the dataset's].
-    #[arg(long)]
-    pub proxy_resolution: Option<u32>,
-    /// Proxy training epochs per trial [default: 1].
-    #[arg(long)]
-    pub proxy_epochs: Option<usize>,
-    /// Train images per trial, a fixed seeded subset; 0 = all [default: 2000].
-    #[arg(long)]
-    pub proxy_images: Option<usize>,
-    /// Proxy batch size [default: 32: more steps per image on a small proxy set].
-    #[arg(long)]
-    pub proxy_batch_size: Option<usize>,
-    /// Proxy peak learning rate (SGD, cosine) [default: 0.05].
-    #[arg(long)]
-    pub proxy_lr: Option<f64>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// Where latency is measured: `local` (this machine, pinned core) or agents on the target
     /// device(s), `tcp://HOST:PORT[,tcp://HOST2:PORT]` (`mnas agent` there) [default: local].
     #[arg(long, value_name = "local|tcp://HOST:PORT,...", conflicts_with_all = ["latency_engine", "latency_lut"])]
@@ -170,17 +146,13 @@ fn constraint_of(args: &SearchArgs) -> Option<Constraint> {
     }
 }
 
+/// The search's proxy recipe when nothing overrides it.
+pub fn default_proxy() -> ProxySettings {
+    ProxySettings::default()
+}
+
 fn proxy_of(args: &SearchArgs) -> ProxySettings {
-    ProxySettings {
-        data: args.data.as_ref().map(|p| p.display().to_string()),
-        val_fraction: args.val_fraction.unwrap_or(0.1),
-        split_seed: args.split_seed.unwrap_or(0),
-        resolution: args.proxy_resolution,
-        epochs: args.proxy_epochs.unwrap_or(1),
-        batch_size: args.proxy_batch_size.unwrap_or(32),
-        lr: args.proxy_lr.unwrap_or(0.05),
-        images: args.proxy_images.unwrap_or(2000),
-    }
+    args.proxy.apply(&default_proxy())
 }
 
 /// The latency source the options describe; `None` when no latency option was given.
@@ -218,15 +190,14 @@ fn check_resume_agrees(args: &SearchArgs, stored: &RunConfig) -> Result<()> {
     agree("--constraint/--alpha/--beta", constraint_of(args), &stored.constraint)?;
     agree("--target", args.target.clone(), &stored.target)?;
     agree("--resolution", args.resolution, &stored.deploy_resolution)?;
-    let p = &stored.proxy;
-    agree("--data", args.data.as_ref().map(|d| Some(d.display().to_string())), &p.data)?;
-    agree("--val-fraction", args.val_fraction, &p.val_fraction)?;
-    agree("--split-seed", args.split_seed, &p.split_seed)?;
-    agree("--proxy-resolution", args.proxy_resolution.map(Some), &p.resolution)?;
-    agree("--proxy-epochs", args.proxy_epochs, &p.epochs)?;
-    agree("--proxy-images", args.proxy_images, &p.images)?;
-    agree("--proxy-batch-size", args.proxy_batch_size, &p.batch_size)?;
-    agree("--proxy-lr", args.proxy_lr, &p.lr)?;
+    let proxy = args.proxy.apply(&stored.proxy);
+    if proxy != stored.proxy {
+        bail!(
+            "the proxy options contradict this run's stored proxy ({}); a resumed search keeps its settings \
+             (start a new run with --out to change them)",
+            describe(&stored.proxy)
+        );
+    }
     agree("the latency options", latency_source_of(args)?, &stored.latency)?;
     Ok(())
 }
@@ -263,36 +234,22 @@ fn resolve_target(target: &str, latency: &dyn LatencyEvaluator, resolution: u32,
     }
 }
 
-fn load_proxy_data(proxy: &ProxySettings, seed: u64) -> Result<Splits> {
-    let spec = DataSpec {
-        source: proxy.data.clone().map(|p| Source::Path(PathBuf::from(p))).unwrap_or(Source::Embedded),
-        resolution: proxy.resolution.map(|r| r as usize),
-        val_fraction: proxy.val_fraction,
-        split_seed: proxy.split_seed,
-    };
-    let mut splits = mnas_data::open(&spec)?;
-    if proxy.images > 0 && proxy.images < splits.train.len() {
-        use rand::seq::SliceRandom;
-        use rand::SeedableRng;
-        let mut order: Vec<usize> = (0..splits.train.len()).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED));
-        order.truncate(proxy.images);
-        order.sort_unstable();
-        splits.train = splits.train.subset(&order);
-    }
+fn proxy_trainer(proxy: &ProxySettings) -> Result<ProxyTrainer> {
+    let trainer = ProxyTrainer::new(proxy.clone()).context("the proxy task")?;
+    let d = &trainer.data;
     eprintln!(
-        "proxy task: {} — {} train images per trial, {} held-out, {}x{}, {} epoch(s)",
-        splits.name,
-        splits.train.len(),
-        splits.val.len(),
-        splits.train.size,
-        splits.train.size,
-        proxy.epochs
+        "proxy task: {} — {} train images per trial, {} held-out, {}x{}; {}",
+        d.name,
+        d.train.len(),
+        d.val.len(),
+        d.train.size,
+        d.train.size,
+        describe(proxy)
     );
-    Ok(splits)
+    Ok(trainer)
 }
 
-fn new_run(args: &SearchArgs, dir: &Path) -> Result<(RunStore, RunConfig, DeviceLatency, Splits)> {
+fn new_run(args: &SearchArgs, dir: &Path) -> Result<(RunStore, RunConfig, DeviceLatency, ProxyTrainer)> {
     if dir.join("search.sqlite").exists() {
         bail!("{} already holds a search: continue it with --resume {}", dir.display(), dir.display());
     }
@@ -308,8 +265,8 @@ fn new_run(args: &SearchArgs, dir: &Path) -> Result<(RunStore, RunConfig, Device
         seed: 0,
     };
     loop_probe.validate()?;
-    let data = load_proxy_data(&proxy, args.seed.unwrap_or(0))?;
-    let classes = data.classes.len() as u32;
+    let trainer = proxy_trainer(&proxy)?;
+    let classes = trainer.data.classes.len() as u32;
     let probe = LoopConfig { num_classes: classes, ..loop_probe.clone() };
     latency.check_covers(&deployed_arch(
         &SearchSpace::default(),
@@ -336,7 +293,7 @@ fn new_run(args: &SearchArgs, dir: &Path) -> Result<(RunStore, RunConfig, Device
         latency: latency_source,
     };
     let store = RunStore::create(dir, &serde_json::to_value(&config)?)?;
-    Ok((store, config, latency, data))
+    Ok((store, config, latency, trainer))
 }
 
 pub fn run(args: SearchArgs) -> Result<()> {
@@ -345,33 +302,28 @@ pub fn run(args: SearchArgs) -> Result<()> {
             bail!("--budget must be a positive number of minutes, got {b}");
         }
     }
-    let (dir, store, config, latency, data) = match &args.resume {
+    let (dir, store, config, latency, trainer) = match &args.resume {
         Some(dir) => {
             let store = RunStore::open(dir)?;
             let config: RunConfig = serde_json::from_value(store.config()?)
                 .with_context(|| format!("{}: the stored search config is not one this mnas reads", dir.display()))?;
             check_resume_agrees(&args, &config)?;
             let latency = open_latency(&args, &config.latency)?;
-            let data = load_proxy_data(&config.proxy, config.seed)?;
-            (dir.clone(), store, config, latency, data)
+            let trainer = proxy_trainer(&config.proxy)?;
+            (dir.clone(), store, config, latency, trainer)
         }
         None => {
             let dir = args.out.clone().unwrap_or_else(default_run_dir);
-            let (store, config, latency, data) = new_run(&args, &dir)?;
-            (dir, store, config, latency, data)
+            let (store, config, latency, trainer) = new_run(&args, &dir)?;
+            (dir, store, config, latency, trainer)
         }
     };
-    let trainer = ProxyTrainer {
-        data,
-        config: TrainConfig {
-            epochs: config.proxy.epochs,
-            batch_size: config.proxy.batch_size,
-            lr: config.proxy.lr,
-            ..TrainConfig::proxy()
-        },
-    };
-    trainer.config.validate()?;
     let space = SearchSpace::default();
+    if let Ok(sample) = space.decode(&vec![0; space.num_tokens()]) {
+        for warning in trainer.warnings(&sample) {
+            eprintln!("warning: {warning}");
+        }
+    }
     let mut strategy = build(config.strategy, &space, &config.strategy_config, config.seed)?;
     let loop_config = LoopConfig {
         models_per_step: config.models_per_step,

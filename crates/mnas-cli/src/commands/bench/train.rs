@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use mnas_model::backend::CpuTrain;
 use mnas_model::burn::module::AutodiffModule;
 use mnas_model::burn::optim::momentum::MomentumConfig;
@@ -16,27 +16,13 @@ use mnas_model::train::smoothed_cross_entropy;
 use mnas_model::{cpu_ops, MnasNet};
 
 /// PyTorch twin of the benchmark, shipped inside the binary so that it runs from anywhere.
-const TORCH_SCRIPT: &str = include_str!("../../../../bench/reference/bench_train_t.py");
+const TORCH_SCRIPT: &str = include_str!("../../../../../bench/reference/bench_train_t.py");
 
 /// Net T in block strings. Its stem has stride 1, which block strings cannot say (mnas stems
 /// have stride 2); the bench sets it on the built model.
 pub const NET_T: &str = "stem16 ir_r1_k3_s2_e6_c24 ir_r1_k5_s2_e6_c40_se0.25 ir_r1_k3_s2_e6_c80 head320";
 /// Trainable parameters of PyTorch's NetT (shared/reference/pyref_bench.py).
 pub const NET_T_PARAMS: usize = 82_480;
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Training-step benchmark T: one SGD step (zero grad, forward, cross-entropy, backward,
-    /// update) of a small MBConv net (82,480 parameters) on a batch of 64 3x32x32 images.
-    ///
-    /// Prints mnas's median step time and, when a Python with torch is found, PyTorch's for the
-    /// same net and thread count measured in the same run, and their ratio. Python is taken
-    /// from $MNAS_PYTHON, else <workspace>/.venv/bin/python, else python3; without torch the
-    /// PyTorch half is skipped with the reason.
-    ///
-    /// Example: mnas bench train --threads 2 --steps 20
-    Train(BenchTrainArgs),
-}
 
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
@@ -52,12 +38,6 @@ pub struct BenchTrainArgs {
     /// Skip the PyTorch twin.
     #[arg(long)]
     pub no_torch: bool,
-}
-
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Train(args) => run_train(args),
-    }
 }
 
 /// Step-time figures in milliseconds.
@@ -85,7 +65,7 @@ pub fn net_t(device: &Device<CpuTrain>) -> Result<MnasNet<CpuTrain>> {
     Ok(model)
 }
 
-fn run_train(args: BenchTrainArgs) -> Result<()> {
+pub fn run(args: BenchTrainArgs) -> Result<()> {
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }

@@ -1,0 +1,36 @@
+//! `mnas bench`: benchmarks that measure mnas against a reference in the same run.
+
+pub mod proxy;
+pub mod train;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Training-step benchmark T: one SGD step (zero grad, forward, cross-entropy, backward,
+    /// update) of a small MBConv net (82,480 parameters) on a batch of 64 3x32x32 images.
+    ///
+    /// Prints mnas's median step time and, when a Python with torch is found, PyTorch's for the
+    /// same net and thread count measured in the same run, and their ratio. Python is taken
+    /// from $MNAS_PYTHON, else <workspace>/.venv/bin/python, else python3; without torch the
+    /// PyTorch half is skipped with the reason.
+    ///
+    /// Example: mnas bench train --threads 2 --steps 20
+    Train(train::BenchTrainArgs),
+    /// Proxy fidelity: how well a proxy recipe ranks a fixed sample of architectures against
+    /// their reference accuracies (`mnas bench reference`), next to parameter count and MACs.
+    #[command(long_about = proxy::PROXY_ABOUT)]
+    Proxy(proxy::BenchProxyArgs),
+    /// Train the reference accuracies of the proxy benchmark's sample (hours; resumable).
+    #[command(long_about = proxy::REFERENCE_ABOUT)]
+    Reference(proxy::BenchReferenceArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Train(args) => train::run(args),
+        BenchCommand::Proxy(args) => proxy::run_proxy(args),
+        BenchCommand::Reference(args) => proxy::run_reference(args),
+    }
+}
