@@ -183,9 +183,11 @@ impl ProxySettings {
         s
     }
 
-    /// Loads the data and cuts the fixed train and held-out subsets.
-    pub fn load(&self) -> Result<Splits> {
+    /// Loads the data and cuts the fixed train and held-out subsets; also returns the content
+    /// hash of the whole split the subsets were cut from (what a benchmark's reference names).
+    pub fn load(&self) -> Result<(Splits, u64)> {
         let mut splits = mnas_data::open(&self.data_spec())?;
+        let hash = splits.content_hash();
         let take = |set: &mnas_data::ImageSet, n: usize, salt: u64| {
             if n == 0 || n >= set.len() {
                 return None;
@@ -202,21 +204,23 @@ impl ProxySettings {
         if let Some(v) = take(&splits.val, self.val_images, 0x7A1) {
             splits.val = v;
         }
-        Ok(splits)
+        Ok((splits, hash))
     }
 }
 
 /// Trains candidates on the proxy task.
 pub struct ProxyTrainer {
     pub data: Splits,
+    /// Content hash of the whole split `data` was cut from.
+    pub data_hash: u64,
     pub settings: ProxySettings,
 }
 
 impl ProxyTrainer {
     pub fn new(settings: ProxySettings) -> Result<Self> {
         settings.validate()?;
-        let data = settings.load()?;
-        Ok(ProxyTrainer { data, settings })
+        let (data, data_hash) = settings.load()?;
+        Ok(ProxyTrainer { data, data_hash, settings })
     }
 
     /// Warnings about the settings on this data, once per run (e.g. last maps at 1x1).

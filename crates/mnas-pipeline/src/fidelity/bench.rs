@@ -102,6 +102,8 @@ pub struct ProxyBench<'a> {
     pub seeds: usize,
     /// Where proxy runs are cached (one file per recipe); `None` keeps nothing.
     pub cache: Option<PathBuf>,
+    /// Compare on the architectures the reference has finished so far (while its job runs).
+    pub partial: bool,
 }
 
 /// The figures of one proxy score.
@@ -124,6 +126,8 @@ pub struct ScoreFigures {
 pub struct BenchReport {
     /// Architectures compared (those whose reference training and every proxy run finished).
     pub archs: usize,
+    /// Architectures in the reference's sample.
+    pub sample: usize,
     pub seeds: usize,
     /// The figures of the recipe's own score ([`ProxySettings::score`]).
     pub score: Score,
@@ -170,7 +174,7 @@ impl ProxyBench<'_> {
         let r = self.reference;
         let refs = r.by_index();
         let missing = refs.iter().filter(|x| x.is_none()).count();
-        if missing > 0 {
+        if missing > 0 && !self.partial {
             return Err(PipelineError::Reference {
                 path: r.path.clone(),
                 reason: format!(
@@ -180,9 +184,7 @@ impl ProxyBench<'_> {
             });
         }
         let trainer = ProxyTrainer::new(self.settings.clone())?;
-        let full = ProxySettings { images: 0, val_images: 0, ..self.settings.clone() }.load()?;
-        r.check_data(&full.name, full.content_hash())?;
-        drop(full);
+        r.check_data(&trainer.data.name, trainer.data_hash)?;
         let sample = stratified_sample(&SearchSpace::default(), r.header.archs, r.header.archs_seed, CLASSES);
         let header = RunsHeader {
             reference_data_hash: r.header.data_hash.clone(),
@@ -201,14 +203,17 @@ impl ProxyBench<'_> {
             }
         }
         let seeds: Vec<u64> = (0..self.seeds as u64).map(|k| self.settings.seed + k).collect();
-        let total = sample.len() * seeds.len();
+        let total = refs.iter().filter(|x| x.is_some()).count() * seeds.len();
         let mut done = rows.iter().filter(|row| seeds.contains(&row.seed)).count();
         let mut warned = false;
         for &seed in &seeds {
-            let run_trainer =
-                ProxyTrainer { data: trainer.data.clone(), settings: ProxySettings { seed, ..self.settings.clone() } };
+            let run_trainer = ProxyTrainer {
+                data: trainer.data.clone(),
+                data_hash: trainer.data_hash,
+                settings: ProxySettings { seed, ..self.settings.clone() },
+            };
             for s in &sample {
-                if rows.iter().any(|row| row.index == s.index && row.seed == seed) {
+                if refs[s.index].is_none() || rows.iter().any(|row| row.index == s.index && row.seed == seed) {
                     continue;
                 }
                 if !warned {
@@ -290,6 +295,7 @@ impl ProxyBench<'_> {
         let mean = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
         BenchReport {
             archs: usable.len(),
+            sample: refs.len(),
             seeds: seeds.len(),
             score: own.score,
             tau: own.tau,

@@ -29,7 +29,7 @@ pub struct ReferenceHeader {
     pub archs_seed: u64,
     /// [`space_id`] of the search space the sample was drawn from.
     pub space: String,
-    /// The data set (as given) and the content hash of its train + held-out splits.
+    /// The data set (as given) and the content hash of its whole train + held-out split.
     pub data: String,
     pub data_hash: String,
     pub train_images: usize,
@@ -216,7 +216,7 @@ impl ReferenceJob {
             archs_seed: self.archs_seed,
             space: space_id(&space),
             data: trainer.data.name.clone(),
-            data_hash: format!("{:016x}", trainer.data.content_hash()),
+            data_hash: format!("{:016x}", trainer.data_hash),
             train_images: trainer.data.train.len(),
             val_images: trainer.data.val.len(),
             settings: self.settings.clone(),
@@ -231,7 +231,7 @@ impl ReferenceJob {
         let reference = match existing {
             Some(r) => {
                 r.check_sample(self.archs, self.archs_seed)?;
-                r.check_data(&trainer.data.name, trainer.data.content_hash())?;
+                r.check_data(&trainer.data.name, trainer.data_hash)?;
                 if r.header.settings != self.settings {
                     return Err(r.fail(format!(
                         "it was trained with other settings ({}); continue it with the same options",

@@ -89,6 +89,9 @@ pub struct BenchProxyArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Compare on the architectures an unfinished reference holds so far.
+    #[arg(long)]
+    pub partial: bool,
     /// Threads for training [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -209,6 +212,7 @@ pub fn run_proxy(args: BenchProxyArgs) -> Result<()> {
         settings: settings.clone(),
         seeds: args.seeds,
         cache: (!args.no_cache).then(|| args.cache.clone()),
+        partial: args.partial,
     };
     if !args.json {
         eprintln!("proxy: {}", describe(&settings));
@@ -218,6 +222,9 @@ pub fn run_proxy(args: BenchProxyArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
+    }
+    if report.archs < report.sample {
+        println!("partial reference: {} of {} architectures", report.archs, report.sample);
     }
     println!(
         "{} architectures x {} seeds against {} (reference mean held-out {:.1} %)",
