@@ -8,8 +8,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::assert_error;
+use mnas_pipeline::{ProxySettings, ProxyTrainer};
+use mnas_search::scheduler::{AccuracyEvaluator, AccuracyResult};
 use mnas_search::store::RunStore;
 use mnas_search::TrialStatus;
+use mnas_space::SearchSpace;
 
 fn mnas() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mnas"));
@@ -105,12 +108,21 @@ fn kill_9_mid_search_then_resume_loses_and_repeats_nothing() {
         let same = &after[(t.step * 2 + t.index) as usize];
         assert_eq!(same, t, "a finished trial survives the kill unchanged");
     }
+    // Accuracies are counts over the 100 held-out images, and the proxy is deterministic: the
+    // stored proxy settings train the first model again to exactly its recorded accuracy.
+    let config = RunStore::open_read_only(&run).unwrap().config().unwrap();
+    let proxy: ProxySettings = serde_json::from_value(config["proxy"].clone()).unwrap();
+    let trainer = ProxyTrainer::new(proxy).unwrap();
+    assert_eq!(trainer.data.val.len(), 100);
     for t in &after {
         assert_eq!(t.status, TrialStatus::Ok, "{t:?}");
         let acc = t.accuracy.unwrap();
-        assert!((0.0..=1.0).contains(&acc));
+        assert!((acc * 100.0 - (acc * 100.0).round()).abs() < 1e-9, "{acc} is not a share of 100 images");
         assert!(t.latency_ms.unwrap() > 0.0);
     }
+    let first = &after[0];
+    let arch = SearchSpace::default().decode(&first.tokens).unwrap();
+    assert_eq!(trainer.accuracy(&arch), AccuracyResult::Ok(first.accuracy.unwrap()));
     // The run ends with its report.
     let stdout = String::from_utf8_lossy(&resumed.stdout);
     assert!(run.join("report.html").is_file(), "{stdout}");

@@ -147,3 +147,21 @@ fn resume_from_disk_matches_a_straight_run() {
         assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs after resume");
     }
 }
+
+/// A run at `--resolution 40` continues at 40x40 after `--resume` (it used to fall back to the
+/// data's 32x32), and a contradicting `--resolution` on resume is refused.
+#[test]
+fn resume_keeps_the_resolution() {
+    let dir = tmp("resolution");
+    let d = dir.to_str().unwrap();
+    let common = ["--arch", TINY, "--epochs", "2", "--val-fraction", "0.9", "--resolution", "40"];
+    let o = mnas(&[&["train"][..], &common, &["--stop-after", "1", "--out", d]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("40x40"));
+    assert_clean_error(&["train", "--resume", d, "--resolution", "48"], "contradicts the run's 40x40 resolution");
+    let o = mnas(&["train", "--resume", d]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming") && stderr.contains("40x40"), "{stderr}");
+    assert!(!stderr.contains("32x32"), "{stderr}");
+}

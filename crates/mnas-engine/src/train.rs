@@ -139,6 +139,79 @@ pub struct Progress {
     pub loss: f64,
 }
 
+/// An optimizer's state and update: SGD with momentum (PyTorch semantics: no dampening; weight
+/// decay as L2 added to the gradient) or AdamW (decoupled decay). Decay applies to conv and dense
+/// weights only.
+pub struct UpdateRule {
+    kind: Optimizer,
+    momentum: f32,
+    nesterov: bool,
+    weight_decay: f32,
+    decayed: Vec<(usize, usize)>,
+    first: Vec<f32>,
+    second: Vec<f32>,
+    steps: i32,
+}
+
+impl UpdateRule {
+    pub fn new(net: &Net, kind: Optimizer, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
+        let decayed = net
+            .params
+            .tensors
+            .iter()
+            .filter(|t| t.role == Role::Weight)
+            .map(|t| (t.slot.offset, t.slot.offset + t.slot.len))
+            .collect();
+        let n = net.params.values.len();
+        UpdateRule {
+            kind,
+            momentum: momentum as f32,
+            nesterov,
+            weight_decay: weight_decay as f32,
+            decayed,
+            first: vec![0.0; n],
+            second: if kind == Optimizer::AdamW { vec![0.0; n] } else { Vec::new() },
+            steps: 0,
+        }
+    }
+
+    /// One update of `net`'s parameters with `grads` (laid out as the parameters).
+    pub fn step(&mut self, net: &mut Net, mut grads: Vec<f32>, lr: f32) {
+        let wd = self.weight_decay;
+        let values = &mut net.params.values;
+        self.steps += 1;
+        match self.kind {
+            Optimizer::Sgd => {
+                if wd > 0.0 {
+                    for &(lo, hi) in &self.decayed {
+                        crate::simd::axpy(&mut grads[lo..hi], &values[lo..hi], wd);
+                    }
+                }
+                let mu = self.momentum;
+                for ((w, v), g) in values.iter_mut().zip(self.first.iter_mut()).zip(&grads) {
+                    *v = mu * *v + g;
+                    *w -= lr * if self.nesterov { g + mu * *v } else { *v };
+                }
+            }
+            Optimizer::AdamW => {
+                if wd > 0.0 {
+                    for &(lo, hi) in &self.decayed {
+                        values[lo..hi].iter_mut().for_each(|w| *w -= lr * wd * *w);
+                    }
+                }
+                let (b1, b2) = (0.9f32, 0.999f32);
+                let (c1, c2) = (1.0 - b1.powi(self.steps), 1.0 - b2.powi(self.steps));
+                let it = values.iter_mut().zip(self.first.iter_mut()).zip(self.second.iter_mut()).zip(&grads);
+                for (((w, m), v), g) in it {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+                }
+            }
+        }
+    }
+}
+
 /// Top-1 and mean cross-entropy of `net` (eval mode) on `set`.
 pub fn evaluate(net: &mut Net, set: &ImageSet, norm: Normalize) -> Result<(f64, f64), EngineError> {
     let (mut correct, mut loss, mut n) = (0usize, 0f64, 0usize);
@@ -173,15 +246,7 @@ pub fn train(
     let total = recipe.steps(train.len());
     let batch = recipe.batch_size.min(train.len());
     let aug = if recipe.augment { Augment::for_size(train.size) } else { Augment::None };
-    let decayed: Vec<(usize, usize)> = net
-        .params
-        .tensors
-        .iter()
-        .filter(|t| t.role == Role::Weight)
-        .map(|t| (t.slot.offset, t.slot.offset + t.slot.len))
-        .collect();
-    let mut velocity = vec![0f32; net.params.values.len()];
-    let mut second = if recipe.optimizer == Optimizer::AdamW { vec![0f32; velocity.len()] } else { Vec::new() };
+    let mut optimizer = UpdateRule::new(net, recipe.optimizer, recipe.momentum, true, recipe.weight_decay);
     let mut losses = Vec::with_capacity(total);
     let mut step = 0;
     let mut epoch = 0u64;
@@ -199,39 +264,8 @@ pub fn train(
                 return Ok(diverged(reason, step, &losses, started));
             }
             losses.push(out.loss);
-            let mut grads = net.backward(tape, &out.dlogits);
-            let lr = recipe.lr_at(step, total) as f32;
-            let wd = recipe.weight_decay as f32;
-            match recipe.optimizer {
-                Optimizer::Sgd => {
-                    if wd > 0.0 {
-                        for &(lo, hi) in &decayed {
-                            crate::simd::axpy(&mut grads[lo..hi], &net.params.values[lo..hi], wd);
-                        }
-                    }
-                    let mu = recipe.momentum as f32;
-                    for ((w, v), g) in net.params.values.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
-                        *v = mu * *v + g;
-                        *w -= lr * (g + mu * *v);
-                    }
-                }
-                Optimizer::AdamW => {
-                    if wd > 0.0 {
-                        for &(lo, hi) in &decayed {
-                            net.params.values[lo..hi].iter_mut().for_each(|w| *w -= lr * wd * *w);
-                        }
-                    }
-                    let t = (step + 1) as i32;
-                    let (b1, b2) = (0.9f32, 0.999f32);
-                    let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-                    let it = net.params.values.iter_mut().zip(velocity.iter_mut()).zip(second.iter_mut()).zip(&grads);
-                    for (((w, m), v), g) in it {
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-                    }
-                }
-            }
+            let grads = net.backward(tape, &out.dlogits);
+            optimizer.step(net, grads, recipe.lr_at(step, total) as f32);
             step += 1;
             if !progress(Progress { step, steps: total, loss: out.loss }) {
                 break 'epochs;

@@ -76,10 +76,11 @@ impl Fingerprint {
         format!("{:016x}", fnv1a64(fields.join("\u{1f}").as_bytes()))
     }
 
-    /// "core 0" or "cores 0,1".
+    /// "core 0", "cores 0,1", or "unpinned" when no core was named.
     pub fn cores_label(&self) -> String {
         let list: Vec<String> = self.cores.iter().map(|c| c.to_string()).collect();
         match self.cores.len() {
+            0 => "unpinned".into(),
             1 => format!("core {}", list[0]),
             _ => format!("cores {}", list.join(",")),
         }
@@ -226,6 +227,16 @@ mod tests {
                            model name\t: AMD EPYC 7B13\nstepping\t: 1\ncpu MHz\t\t: 2445.422\n\n\
                            processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n\
                            model name\t: AMD EPYC 7B13\nstepping\t: 1\ncpu MHz\t\t: 3000.5\n";
+
+    #[test]
+    fn the_summary_names_the_pinned_cores_or_says_unpinned() {
+        let one = Fingerprint::current(1, vec![1]);
+        assert!(one.summary().contains(", core 1, 1 thread,"), "{}", one.summary());
+        let two = Fingerprint::current(2, vec![0, 1]);
+        assert!(two.summary().contains(", cores 0,1, 2 threads,"), "{}", two.summary());
+        let none = Fingerprint::current(1, Vec::new());
+        assert!(none.summary().contains(", unpinned, 1 thread,"), "{}", none.summary());
+    }
 
     #[test]
     fn parses_cpuinfo() {

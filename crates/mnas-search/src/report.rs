@@ -106,6 +106,7 @@ p.note { color: #555; margin: 4px 0 12px; } p.empty { background: #fff6e0; borde
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 10px; text-align: right; white-space: nowrap; }
 th { background: #f5f5f5; } td.text, th.text { text-align: left; }
+table.summary th { white-space: normal; vertical-align: bottom; } .scroll { overflow-x: auto; max-width: 100%; }
 td.arch { text-align: left; font-family: ui-monospace, monospace; font-size: 12px; white-space: normal; }
 .legend span { display: inline-block; margin-right: 18px; } .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 6px; vertical-align: -1px; }
 svg { display: block; margin: 8px 0; font: 12px system-ui, sans-serif; }
@@ -202,7 +203,7 @@ fn swatch(i: usize) -> String {
 
 fn summary(runs: &[ReportRun]) -> String {
     let mut s = String::from(
-        "<table class=\"summary\"><tr><th class=\"text\">run</th><th class=\"text\">strategy</th>\
+        "<div class=\"scroll\"><table class=\"summary\"><tr><th class=\"text\">run</th><th class=\"text\">strategy</th>\
          <th class=\"text\">constraint</th><th>target T</th><th class=\"text\">status</th><th>steps</th>\
          <th>trials</th><th>ok</th><th>failed</th><th>reused</th><th>best reward</th><th>its accuracy</th>\
          <th>its latency</th><th>mean reward, last quarter</th><th>Pareto models</th></tr>",
@@ -241,7 +242,7 @@ fn summary(runs: &[ReportRun]) -> String {
         let tail = last_quarter_mean(&r.trials).map(|m| format!("{m:.4}")).unwrap_or_else(|| "–".into());
         let _ = write!(s, "<td>{tail}</td><td>{}</td></tr>", pareto_front(&r.trials).len());
     }
-    s.push_str("</table>");
+    s.push_str("</table></div>");
     let details: Vec<String> = runs
         .iter()
         .filter_map(|r| {

@@ -131,6 +131,9 @@ struct RunState {
     data: Option<PathBuf>,
     val_fraction: f64,
     split_seed: u64,
+    /// `--resolution`: the size the data is resized to (`None`: the data set's own).
+    #[serde(default)]
+    resolution: Option<u32>,
     epochs_done: usize,
     history: Vec<EpochMetrics>,
     status: Option<TrainStatus>,
@@ -251,6 +254,13 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             if matches!(state.status, Some(TrainStatus::Completed)) && state.epochs_done >= state.config.epochs {
                 bail!("{}: the run already finished all {} epochs", dir.display(), state.config.epochs);
             }
+            if let Some(r) = args.overrides.resolution.filter(|r| Some(*r) != state.resolution) {
+                let stored = state.resolution.map(|s| format!("{s}x{s}")).unwrap_or_else(|| "the data's own".into());
+                bail!(
+                    "--resolution {r} contradicts the run's {stored} resolution; a resumed run keeps its settings \
+                     (start a new run with --out to change them)"
+                );
+            }
             (dir.clone(), state)
         }
         None => {
@@ -284,6 +294,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 data: args.data.data.clone(),
                 val_fraction: args.data.val_fraction,
                 split_seed: args.data.split_seed,
+                resolution: args.overrides.resolution,
                 epochs_done: 0,
                 history: Vec::new(),
                 status: None,
@@ -293,8 +304,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     };
     let data_args =
         DataArgs { data: state.data.clone(), val_fraction: state.val_fraction, split_seed: state.split_seed };
-    let resolution = args.overrides.resolution.filter(|_| args.resume.is_none());
-    let splits = data_args.load(resolution)?;
+    let splits = data_args.load(state.resolution)?;
     let device = Default::default();
     let checkpoint = dir.join("checkpoint.safetensors");
     let resume = if state.epochs_done > 0 && checkpoint.exists() {

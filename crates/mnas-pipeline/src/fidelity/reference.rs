@@ -249,8 +249,8 @@ impl ReferenceJob {
         let done: Vec<bool> = reference.by_index().iter().map(|r| r.is_some()).collect();
         let todo: Vec<&SampledArch> = sample.iter().filter(|s| !done[s.index]).collect();
         let total = sample.len();
-        let mut finished = total - todo.len();
-        for s in todo {
+        let first = total - todo.len();
+        for (finished, s) in (first..).zip(todo) {
             let what = format!("reference {}/{total}: {}", s.index + 1, s.arch.canonical());
             observer.on_run_start(&what, finished, total);
             let mut stopped = false;
@@ -264,7 +264,6 @@ impl ReferenceJob {
             }
             observer.on_run_end(&what, &result);
             record::append(&self.out, &row_of(s, &result).fields())?;
-            finished += 1;
         }
         Reference::read(&self.out)
     }

@@ -6,6 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use mnas_engine::loss::cross_entropy;
+use mnas_engine::train::{Optimizer as EngineOptimizer, UpdateRule};
+use mnas_engine::{Net, NetOptions};
 use mnas_model::backend::CpuTrain;
 use mnas_model::burn::module::AutodiffModule;
 use mnas_model::burn::optim::momentum::MomentumConfig;
@@ -14,6 +17,7 @@ use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::burn::tensor::{Device, Distribution, Tensor};
 use mnas_model::train::smoothed_cross_entropy;
 use mnas_model::{cpu_ops, MnasNet};
+use rand::{Rng, SeedableRng};
 
 /// PyTorch twin of the benchmark, shipped inside the binary so that it runs from anywhere.
 const TORCH_SCRIPT: &str = include_str!("../../../../../bench/reference/bench_train_t.py");
@@ -38,6 +42,9 @@ pub struct BenchTrainArgs {
     /// Skip the PyTorch twin.
     #[arg(long)]
     pub no_torch: bool,
+    /// Also time the burn path (what `mnas train --mode full` and the GPU build train with).
+    #[arg(long)]
+    pub burn: bool,
 }
 
 /// Step-time figures in milliseconds.
@@ -54,13 +61,9 @@ fn figures(mut ms: Vec<f64>) -> Figures {
     Figures { median, min: ms[0], n }
 }
 
-/// Net T as an mnas model: the block strings above with the stem's stride set to 1.
-pub fn net_t(device: &Device<CpuTrain>) -> Result<MnasNet<CpuTrain>> {
-    let mut arch = mnas_space::parse_block_list(NET_T)?;
-    arch.num_classes = 10;
-    arch.resolution = 32;
-    arch.dropout = 0.0;
-    let mut model = MnasNet::<CpuTrain>::new(&arch, device)?;
+/// Net T as a burn model: the block strings above with the stem's stride set to 1.
+fn net_t(device: &Device<CpuTrain>) -> Result<MnasNet<CpuTrain>> {
+    let mut model = MnasNet::<CpuTrain>::new(&net_t_arch()?, device)?;
     model.conv_stem.stride = 1;
     Ok(model)
 }
@@ -78,11 +81,19 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("bench train T: batch 64x3x32x32, SGD lr 0.01 momentum 0.9, threads {}", args.threads);
     println!("load average before: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-    let ours = bench_mnas(&args)?;
+    let ours = bench_engine(&args)?;
     println!(
-        "mnas:    median {:8.1} ms  min {:8.1} ms  ({} steps, {} warm-up)",
-        ours.median, ours.min, ours.n, args.warmup
+        "mnas:    median {:8.1} ms  min {:8.1} ms  ({} steps, {} warm-up; CPU engine, {})",
+        ours.median,
+        ours.min,
+        ours.n,
+        args.warmup,
+        mnas_engine::simd::level()
     );
+    if args.burn {
+        let b = bench_burn(&args)?;
+        println!("burn:    median {:8.1} ms  min {:8.1} ms  ({} steps; the burn path)", b.median, b.min, b.n);
+    }
     if args.no_torch {
         println!("pytorch: skipped (--no-torch)");
         return Ok(());
@@ -97,15 +108,57 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_mnas(args: &BenchTrainArgs) -> Result<Figures> {
-    let device = Default::default();
-    CpuTrain::seed(&device, 0);
-    let mut model = net_t(&device)?;
-    let params = model.trainable_params();
+fn net_t_arch() -> Result<mnas_space::Arch> {
+    let mut arch = mnas_space::parse_block_list(NET_T)?;
+    arch.num_classes = 10;
+    arch.resolution = 32;
+    arch.dropout = 0.0;
+    Ok(arch)
+}
+
+/// The engine's step: what every proxy trial runs.
+fn bench_engine(args: &BenchTrainArgs) -> Result<Figures> {
+    let options = NetOptions { stem_stride: 1, ..NetOptions::default() };
+    let mut net = Net::new(&net_t_arch()?, options, 0)?;
+    let params = net.params.trainable();
     if params != NET_T_PARAMS {
         bail!("net T has {params} trainable parameters here, PyTorch's has {NET_T_PARAMS}");
     }
     println!("net T: {NET_T} (stem stride 1), {params} trainable parameters (PyTorch: {NET_T_PARAMS})");
+    // The same input distribution as the twin: N(0, 1) pixels, labels i * 7 mod 10.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let x: Vec<f32> = (0..64 * 32 * 32 * 3)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.gen_range(f64::MIN_POSITIVE..1.0), rng.gen());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        })
+        .collect();
+    let labels: Vec<u32> = (0..64).map(|i| i * 7 % 10).collect();
+    let mut rule = UpdateRule::new(&net, EngineOptimizer::Sgd, 0.9, false, 0.0);
+    let mut times = Vec::with_capacity(args.steps);
+    let mut last_loss = f64::NAN;
+    for i in 0..args.warmup + args.steps {
+        let started = Instant::now();
+        let (logits, tape) = net.forward_train(&x, 64, 32, 0)?;
+        let out = cross_entropy(&logits, &labels, 10, 0.0);
+        let grads = net.backward(tape, &out.dlogits);
+        rule.step(&mut net, grads, 0.01);
+        last_loss = out.loss;
+        if i >= args.warmup {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    if !last_loss.is_finite() {
+        bail!("the benchmark's loss diverged ({last_loss})");
+    }
+    Ok(figures(times))
+}
+
+/// The burn path's step, for comparison.
+fn bench_burn(args: &BenchTrainArgs) -> Result<Figures> {
+    let device = Default::default();
+    CpuTrain::seed(&device, 0);
+    let mut model = net_t(&device)?;
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: false }))
         .init::<CpuTrain, MnasNet<CpuTrain>>();

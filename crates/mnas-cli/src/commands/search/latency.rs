@@ -44,14 +44,14 @@ impl DeviceLatency {
         match source {
             LatencySource::Local { threads, runs, warmup } => {
                 let options = options_of(*threads, *runs, *warmup)?;
-                mnas_latency::measure::planned_cores(&options)?;
+                let cores = mnas_latency::measure::planned_cores(&options)?;
                 let store = match store {
                     Some(path) => Some(Mutex::new(
                         Store::open(path).with_context(|| format!("latency store {}", path.display()))?,
                     )),
                     None => None,
                 };
-                let fp = Fingerprint::current(options.threads, Vec::new());
+                let fp = Fingerprint::current(options.threads, cores);
                 let description = format!("{} (this machine, {runs} runs per model)", fp.summary());
                 Ok(DeviceLatency { device: Device::Local { store }, options, description })
             }
