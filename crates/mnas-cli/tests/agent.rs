@@ -178,7 +178,7 @@ fn measures_through_an_agent_and_serves_the_second_request_from_the_store() {
     assert_eq!((v["cached"].as_bool(), v["agent"].as_str()), (Some(false), Some(url.as_str())), "{v}");
     let m = &v["measurement"];
     assert!(m["arch"].as_str().is_some_and(|a| a.ends_with("|r64")), "{m}");
-    assert_eq!((m["runs"].as_u64(), m["fingerprint"]["engine"].as_str()), (Some(3), Some("burn-flex")));
+    assert_eq!((m["runs"].as_u64(), m["fingerprint"]["engine"].as_str()), (Some(3), Some("mnas-engine")));
     assert!(m["median_ms"].as_f64().is_some_and(|t| t > 0.0), "{m}");
     agent.wait_for_log("measured", Duration::from_secs(10));
 

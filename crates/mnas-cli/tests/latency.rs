@@ -46,7 +46,10 @@ fn second_request_is_served_from_the_store() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let out = stdout(&first);
     assert!(out.contains("median") && out.contains("p10") && out.contains("p90") && out.contains("CV"), "{out}");
-    assert!(out.contains("burn-flex 0.21.0") && out.contains("fingerprint:"), "{out}");
+    assert!(
+        out.contains(&format!("mnas-engine {}", mnas_latency::ENGINE_VERSION)) && out.contains("fingerprint:"),
+        "{out}"
+    );
     assert!(!out.contains("(cached)") && out.contains("(stored)"), "{out}");
 
     let second = quick(&["--store", store]);
@@ -63,7 +66,7 @@ fn second_request_is_served_from_the_store() {
     let m = &v["measurement"];
     assert_eq!((m["resolution"].as_u64(), m["threads"].as_u64(), m["runs"].as_u64()), (Some(64), Some(1), Some(3)));
     assert!(m["arch"].as_str().is_some_and(|a| a.ends_with("|r64")), "{m}");
-    assert_eq!(m["fingerprint"]["engine"], "burn-flex");
+    assert_eq!(m["fingerprint"]["engine"], "mnas-engine");
     assert_eq!(m["fingerprint"]["cores"].as_array().map(Vec::len), Some(1));
     assert!(m["median_ms"].as_f64().is_some_and(|t| t > 0.0));
 }

@@ -5,6 +5,7 @@
 
 pub mod buf;
 pub mod error;
+pub mod infer;
 pub mod kernels;
 pub mod loss;
 pub mod mat;
@@ -14,8 +15,12 @@ pub mod simd;
 pub mod train;
 
 pub use error::EngineError;
+pub use infer::{Folded, FoldedLayer};
 pub use net::{Net, NetOptions, Tape};
 pub use params::Params;
+
+/// The engine's version and build: the crate version plus a hash of its sources.
+pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("MNAS_ENGINE_BUILD"));
 
 /// Sizes the rayon pool the kernels run on. Only the first call in a process takes effect
 /// (rayon's global pool is built once); returns whether this one did.

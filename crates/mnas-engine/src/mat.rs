@@ -87,17 +87,38 @@ fn row_chunk(m: usize, threads: usize) -> usize {
 
 /// [`gemm`] with the rows of `lhs` and `dst` split across the rayon pool.
 pub fn par_gemm(dst: &mut [f32], lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
+    par_gemm_then(dst, lhs, rhs, accumulate, |_| {})
+}
+
+/// Rows of output per block when a product is followed by an element-wise pass: small enough
+/// that the block is still in cache for the pass.
+const EPILOGUE_ROWS: usize = 256;
+
+/// [`par_gemm`], then `epilogue` on each block of output rows right after it is computed.
+pub fn par_gemm_then(
+    dst: &mut [f32],
+    lhs: View<'_>,
+    rhs: View<'_>,
+    accumulate: bool,
+    epilogue: impl Fn(&mut [f32]) + Sync,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(dst.len(), m * n, "gemm destination size");
     let threads = rayon::current_num_threads();
     if threads == 1 || m * n * k < PARALLEL_MACS || m < 32 {
-        return gemm(dst, lhs, rhs, accumulate);
+        for (i, out) in dst.chunks_mut(EPILOGUE_ROWS * n.max(1)).enumerate() {
+            let lo = i * EPILOGUE_ROWS;
+            gemm(out, lhs.row_range(lo, lo + out.len() / n.max(1)), rhs, accumulate);
+            epilogue(out);
+        }
+        return;
     }
-    assert_eq!(dst.len(), m * n, "gemm destination size");
-    let chunk = row_chunk(m, threads);
+    let chunk = row_chunk(m, threads).min(EPILOGUE_ROWS.max(16));
     dst.par_chunks_mut(chunk * n).enumerate().for_each(|(i, out)| {
         let lo = i * chunk;
         let hi = (lo + chunk).min(m);
         gemm(out, lhs.row_range(lo, hi), rhs, accumulate);
+        epilogue(out);
     });
 }
 

@@ -35,7 +35,7 @@ impl Default for NetOptions {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConvKind {
+pub(crate) enum ConvKind {
     /// kxk (or 1x1) dense convolution.
     Dense,
     Depthwise,
@@ -43,41 +43,41 @@ enum ConvKind {
 
 /// A convolution followed by BN and an activation.
 #[derive(Debug, Clone, Copy)]
-struct Unit {
-    weight: Slot,
-    kind: ConvKind,
-    k: usize,
-    stride: usize,
-    cin: usize,
-    cout: usize,
+pub(crate) struct Unit {
+    pub(crate) weight: Slot,
+    pub(crate) kind: ConvKind,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) cin: usize,
+    pub(crate) cout: usize,
     /// BN weight then bias (trainable), running mean then var (state).
-    affine: Slot,
-    running: Slot,
-    act: Act,
+    pub(crate) affine: Slot,
+    pub(crate) running: Slot,
+    pub(crate) act: Act,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct SeUnit {
+pub(crate) struct SeUnit {
     /// w1 (`c x r`), b1, w2 (`r x c`), b2, contiguous.
-    slot: Slot,
-    c: usize,
-    r: usize,
+    pub(crate) slot: Slot,
+    pub(crate) c: usize,
+    pub(crate) r: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Shortcut {
+pub(crate) enum Shortcut {
     None,
     Identity,
     Pool { stride: usize, project: Option<Unit> },
 }
 
 #[derive(Debug, Clone)]
-struct LayerUnits {
-    expand: Option<Unit>,
-    main: Unit,
-    se: Option<SeUnit>,
-    project: Option<Unit>,
-    shortcut: Shortcut,
+pub(crate) struct LayerUnits {
+    pub(crate) expand: Option<Unit>,
+    pub(crate) main: Unit,
+    pub(crate) se: Option<SeUnit>,
+    pub(crate) project: Option<Unit>,
+    pub(crate) shortcut: Shortcut,
 }
 
 /// What a train-mode pass of one [`Unit`] keeps.
@@ -160,7 +160,7 @@ fn make_unit(b: &mut ParamsBuilder, prefix: &str, s: UnitSpec<'_>) -> Unit {
     Unit { weight, kind: s.kind, k: s.k, stride: s.stride, cin: s.cin, cout: s.cout, affine, running, act: s.act }
 }
 
-fn units_of(b: &mut ParamsBuilder, l: &Layer, act: Act) -> LayerUnits {
+pub(crate) fn units_of(b: &mut ParamsBuilder, l: &Layer, act: Act) -> LayerUnits {
     let p = layer_prefix(l);
     let names = layer_names(l.op);
     let (cin, mid, cout, k, s) = (
@@ -303,6 +303,11 @@ impl Net {
 
     pub fn classes(&self) -> usize {
         self.classes
+    }
+
+    /// Stem, layers, head and classifier slot, for the inference form.
+    pub(crate) fn parts(&self) -> (&Unit, &[LayerUnits], &Unit, Slot) {
+        (&self.stem, &self.layers, &self.head, self.classifier)
     }
 
     fn conv_forward(&self, u: &Unit, x: &[f32], n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
@@ -672,7 +677,7 @@ impl Net {
 
 impl LayerUnits {
     /// The layer input's channel count.
-    fn main_in_channels(&self) -> usize {
+    pub(crate) fn main_in_channels(&self) -> usize {
         match &self.expand {
             Some(u) => u.cin,
             None => self.main.cin,

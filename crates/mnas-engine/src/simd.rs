@@ -91,3 +91,12 @@ simd_fn! {
         }
     }
 }
+
+simd_fn! {
+    /// `acc[i] *= a[i]`.
+    pub fn mul_in_place(acc: &mut [f32], a: &[f32]) {
+        for (o, &x) in acc.iter_mut().zip(a) {
+            *o *= x;
+        }
+    }
+}

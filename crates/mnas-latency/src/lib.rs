@@ -1,6 +1,6 @@
 //! mnas-latency: what a network costs on this machine, measured, never proxied (DESIGN §1).
 //!
-//! - [`inference`]: the network in inference form (BN folded into the convs, no autodiff);
+//! - the built-in engine is mnas-engine's inference form (BN folded into the convs, activations fused);
 //! - [`measure`]: pinned threads, warm-up, N timed batch forwards, median / p10 / p90 / CV, and a
 //!   re-measurement when the spread is too wide;
 //! - [`fingerprint`]: the device, engine and build every measurement carries;
@@ -14,7 +14,6 @@ pub mod agent;
 pub mod engine;
 pub mod error;
 pub mod fingerprint;
-pub mod inference;
 pub mod lut;
 pub mod lut_build;
 pub mod measure;
@@ -29,7 +28,6 @@ use mnas_space::Arch;
 
 pub use error::{LatencyError, Result};
 pub use fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
-pub use inference::InferenceNet;
 pub use lut::{Lut, LutError};
 pub use measure::{MeasureOptions, Measurement, Progress, StageTime};
 pub use stats::Stats;

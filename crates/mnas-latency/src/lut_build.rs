@@ -12,16 +12,12 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mnas_model::backend::Cpu;
-use mnas_model::burn::tensor::backend::Backend;
-use mnas_model::burn::tensor::{Distribution, Tensor};
-use mnas_model::net::SearchLayer;
+use mnas_engine::{Folded, FoldedLayer};
 use mnas_space::space::{DECISIONS, FILTER_MULTIPLIERS};
 use mnas_space::{Activation, Arch, Layer, SearchSpace};
 
 use crate::error::LatencyError;
 use crate::fingerprint::Fingerprint;
-use crate::inference::{InferenceLayer, InferenceNet};
 use crate::lut::{
     head_key, layer_key, stage_keys, stem_key, FitPoint, Lut, LutEntry, LutError, LutResult, OverheadFit, LUT_FORMAT,
 };
@@ -343,23 +339,18 @@ fn time_stage(config: &StageConfig, opts: &LutOptions) -> LutResult<Stats> {
     Stats::of(&samples).ok_or_else(|| LatencyError::Engine(format!("{}: no usable timings", config.key)).into())
 }
 
-fn engine_error(e: impl std::fmt::Debug) -> LatencyError {
-    LatencyError::Engine(format!("{e:?}"))
+fn engine_error(e: mnas_engine::EngineError) -> LatencyError {
+    LatencyError::Engine(e.to_string())
 }
 
 /// Times one layer alone in inference form (BN folded) on a random input of its shape.
 fn time_layer(layer: &Layer, act: Activation, opts: &LutOptions) -> LutResult<Vec<f64>> {
-    let device = Default::default();
-    Cpu::seed(&device, opts.seed);
-    let model = SearchLayer::<Cpu>::new(layer, act, &device);
-    let net = InferenceLayer::new(&model, &device)?;
-    drop(model);
+    let net = FoldedLayer::random(layer, act, opts.seed);
     let (c, s) = (layer.in_channels as usize, layer.in_size as usize);
-    let input = Tensor::<Cpu, 4>::random([1, c, s, s], Distribution::Normal(0.0, 1.0), &device);
+    let input: Vec<f32> = (0..c * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
     let once = || -> LutResult<f64> {
         let start = Instant::now();
-        let y = net.forward(input.clone());
-        Cpu::sync(&device).map_err(engine_error)?;
+        let y = net.run(&input, 1, s, s).map_err(engine_error)?;
         let elapsed = start.elapsed();
         black_box(y);
         Ok(elapsed.as_secs_f64() * 1e3)
@@ -371,15 +362,14 @@ fn time_layer(layer: &Layer, act: Activation, opts: &LutOptions) -> LutResult<Ve
 }
 
 /// Times a part of a whole network's forward pass (stage times from
-/// [`InferenceNet::forward_timed`]); the stem and the head only exist inside a network.
+/// [`Folded::forward_timed`]); the stem and the head only exist inside a network.
 fn time_in_network(arch: &Arch, opts: &LutOptions, pick: impl Fn(&[Duration]) -> Duration) -> LutResult<Vec<f64>> {
-    let device = Default::default();
-    let net = InferenceNet::<Cpu>::random(arch, opts.seed, &device)?;
+    let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
     let r = arch.resolution as usize;
-    let input = Tensor::<Cpu, 4>::random([1, 3, r, r], Distribution::Normal(0.0, 1.0), &device);
+    let input: Vec<f32> = (0..r * r * 3).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
     let once = || -> LutResult<f64> {
-        let (logits, times) = net.forward_timed(input.clone())?;
-        black_box(logits.try_into_data().map_err(engine_error)?);
+        let (logits, times) = net.forward_timed(&input, 1, r).map_err(engine_error)?;
+        black_box(logits);
         Ok(pick(&times).as_secs_f64() * 1e3)
     };
     for _ in 0..opts.warmup {

@@ -1,23 +1,19 @@
 //! Timing a network on this machine: pinned threads, warm-up, N timed batch forwards, and a
 //! re-measurement when the spread is too wide.
 //!
-//! burn-flex parallelises with rayon (its element-wise kernels through `par_iter`, its matmuls
-//! and convolutions through gemm's `Parallelism::Rayon(0)`, which takes
-//! `rayon::current_num_threads()`). So the measurement runs inside a dedicated rayon pool of
-//! exactly `threads` workers, each pinned to its own core; with one thread every kernel runs
-//! serially on one pinned core.
+//! The engine (mnas-engine's inference form) parallelises with rayon, so the measurement runs
+//! inside a dedicated rayon pool of exactly `threads` workers, each pinned to its own core; with
+//! one thread every kernel runs serially on one pinned core.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use mnas_model::backend::Cpu;
-use mnas_model::burn::tensor::{Distribution, Tensor};
+use mnas_engine::Folded;
 use mnas_space::Arch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LatencyError, Result};
 use crate::fingerprint::Fingerprint;
-use crate::inference::InferenceNet;
 use crate::pin::{allowed_cores, choose_cores, pin_current_thread};
 use crate::stats::Stats;
 use crate::timestamp::utc_now;
@@ -195,10 +191,8 @@ type Pinned = (Stats, usize, Option<Vec<StageTime>>);
 /// Runs on a pinned pool thread: builds the network there (its memory is first touched by the
 /// measuring core), warms up, times, and re-measures while the spread is too wide.
 fn run_pinned(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) + Sync)) -> Result<Pinned> {
-    let device = Default::default();
-    let net = InferenceNet::<Cpu>::random(arch, opts.seed, &device)?;
-    let r = arch.resolution as usize;
-    let input = Tensor::<Cpu, 4>::random([opts.batch, 3, r, r], Distribution::Normal(0.0, 1.0), &device);
+    let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
+    let input = Input::random(arch, opts);
     for _ in 0..opts.warmup {
         forward_once(&net, &input)?;
     }
@@ -226,27 +220,59 @@ fn run_pinned(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) +
     Ok((best, attempts, per_layer))
 }
 
-/// One timed forward pass; reading the logits back forces completion.
-fn forward_once(net: &InferenceNet<Cpu>, input: &Tensor<Cpu, 4>) -> Result<Duration> {
+fn engine_error(e: mnas_engine::EngineError) -> LatencyError {
+    LatencyError::Engine(e.to_string())
+}
+
+/// A batch of NHWC images with normal(0, 1) pixels (seeded): values do not change latency.
+pub(crate) struct Input {
+    pixels: Vec<f32>,
+    batch: usize,
+    size: usize,
+}
+
+impl Input {
+    pub(crate) fn random(arch: &Arch, opts: &MeasureOptions) -> Input {
+        let size = arch.resolution as usize;
+        let mut s = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let pixels = (0..opts.batch * size * size * 3)
+            .map(|_| {
+                // xorshift, then a sum of uniforms: close enough to normal for timing.
+                let mut sum = 0.0f32;
+                for _ in 0..4 {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    sum += (s >> 40) as f32 / (1u64 << 24) as f32;
+                }
+                (sum - 2.0) * 1.732
+            })
+            .collect();
+        Input { pixels, batch: opts.batch, size }
+    }
+}
+
+/// One timed forward pass.
+fn forward_once(net: &Folded, input: &Input) -> Result<Duration> {
     let start = Instant::now();
-    let data = net.forward(input.clone()).try_into_data().map_err(|e| LatencyError::Engine(format!("{e:?}")))?;
+    let logits = net.forward(&input.pixels, input.batch, input.size).map_err(engine_error)?;
     let elapsed = start.elapsed();
-    black_box(data);
+    black_box(logits);
     Ok(elapsed)
 }
 
 /// Median time of every stage over `opts.runs` passes.
 fn time_stages(
-    net: &InferenceNet<Cpu>,
-    input: &Tensor<Cpu, 4>,
+    net: &Folded,
+    input: &Input,
     opts: &MeasureOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Vec<StageTime>> {
     let names = net.stage_names();
     let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.runs); names.len()];
     for done in 1..=opts.runs {
-        let (logits, times) = net.forward_timed(input.clone())?;
-        black_box(logits.try_into_data().map_err(|e| LatencyError::Engine(format!("{e:?}")))?);
+        let (logits, times) = net.forward_timed(&input.pixels, input.batch, input.size).map_err(engine_error)?;
+        black_box(logits);
         for (slot, t) in per_stage.iter_mut().zip(times) {
             slot.push(t.as_secs_f64() * 1e3);
         }

@@ -143,6 +143,17 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// `y = act(y)` in place.
+    pub fn act_mut(y: &mut [f32], act: Act) {
+        match act {
+            Act::None => {}
+            Act::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        }
+    }
+}
+
 /// [`affine_act_mut`] split across the pool.
 pub fn par_affine_act_mut(y: &mut [f32], scale: &[f32], shift: &[f32], act: Act) {
     let c = scale.len();

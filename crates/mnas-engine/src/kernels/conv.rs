@@ -4,8 +4,9 @@
 
 use rayon::prelude::*;
 
+use super::bn::{act_mut, Act};
 use crate::buf::Buf;
-use crate::mat::{gemm, par_gemm, par_gemm_reduce, View};
+use crate::mat::{gemm, par_gemm, par_gemm_reduce, par_gemm_then, View};
 use crate::simd::add_to;
 
 /// Geometry of one convolution with symmetric zero padding k/2.
@@ -117,6 +118,12 @@ pub fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Conv) -> Buf {
 
 /// [`forward`] into a caller's buffer.
 pub fn forward_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Conv, y: &mut [f32]) {
+    forward_act_into(x, wt, bias, Act::None, g, y)
+}
+
+/// [`forward_into`] with an activation applied to each block of output rows while it is in
+/// cache (inference).
+pub fn forward_act_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, act: Act, g: &Conv, y: &mut [f32]) {
     assert_eq!(x.len(), g.n * g.in_image(), "conv input size");
     assert_eq!(y.len(), g.n * g.out_pixels() * g.cout, "conv output size");
     let w = View::rows(wt, g.patch(), g.cout);
@@ -125,7 +132,8 @@ pub fn forward_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Conv, y: &m
             .for_each(|rows| rows.chunks_exact_mut(g.cout).for_each(|r| r.copy_from_slice(b)));
     }
     if g.pointwise() {
-        return par_gemm(y, View::rows(x, g.n * g.in_image() / g.cin, g.cin), w, bias.is_some());
+        let x = View::rows(x, g.n * g.in_image() / g.cin, g.cin);
+        return par_gemm_then(y, x, w, bias.is_some(), |rows| act_mut(rows, act));
     }
     let per = g.images_per_task();
     let rows = g.out_pixels() * g.cout;
@@ -134,6 +142,7 @@ pub fn forward_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Conv, y: &m
         let hi = lo + out.len() / rows;
         let col = im2col(x, g, lo, hi);
         gemm(out, View::rows(&col, (hi - lo) * g.out_pixels(), g.patch()), w, bias.is_some());
+        act_mut(out, act);
     });
 }
 

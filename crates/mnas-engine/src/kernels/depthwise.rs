@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::bn::{act_mut, Act};
 use crate::buf::Buf;
 use crate::simd::{madd, simd_fn};
 
@@ -83,6 +84,11 @@ pub fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Dw) -> Buf {
 
 /// [`forward`] into a caller's buffer of `n * oh * ow * c`.
 pub fn forward_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Dw, y: &mut [f32]) {
+    forward_act_into(x, wt, bias, Act::None, g, y)
+}
+
+/// [`forward_into`] with an activation applied to each row while it is in cache (inference).
+pub fn forward_act_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, act: Act, g: &Dw, y: &mut [f32]) {
     let (oh, row) = (g.oh(), g.ow() * g.c);
     assert_eq!(y.len(), g.n * oh * row, "depthwise output size");
     assert_eq!(x.len(), g.n * g.in_image(), "depthwise input size");
@@ -92,6 +98,7 @@ pub fn forward_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Dw, y: &mut
             let r = t * rows_per_task + i;
             let (b, oy) = (r / oh, r % oh);
             forward_row(&x[b * g.in_image()..(b + 1) * g.in_image()], wt, bias, g, oy, out);
+            act_mut(out, act);
         }
     });
 }

@@ -1,0 +1,358 @@
+//! The inference form of a network on the engine: every conv + BN pair folded into one biased
+//! convolution with its activation fused, no tape, no dropout. This is what latency is measured
+//! on (batch 1 at the deployment resolution), so it is what a deployment runs.
+
+use std::time::{Duration, Instant};
+
+use mnas_space::naming::layer_prefix;
+use mnas_space::{Activation, Arch, Layer};
+
+use crate::buf::Buf;
+use crate::error::EngineError;
+use crate::kernels::bn::Act;
+use crate::kernels::conv::{self, Conv};
+use crate::kernels::depthwise::{self, Dw};
+use crate::kernels::pool;
+use crate::mat::{par_gemm, View};
+use crate::net::{units_of, ConvKind, LayerUnits, Net, NetOptions, SeUnit, Shortcut, Unit};
+use crate::params::{Params, ParamsBuilder};
+use crate::simd::add_to;
+
+/// A convolution with its BN folded in (always biased) and the activation after it.
+#[derive(Debug, Clone)]
+struct FoldedConv {
+    kind: ConvKind,
+    k: usize,
+    stride: usize,
+    cin: usize,
+    cout: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    act: Act,
+}
+
+impl FoldedConv {
+    fn of(p: &Params, eps: f64, u: &Unit) -> FoldedConv {
+        let c = u.cout;
+        let affine = &p.values[u.affine.range()];
+        let running = &p.state[u.running.range()];
+        let (gamma, beta) = affine.split_at(c);
+        let (mean, var) = running.split_at(c);
+        let scale: Vec<f64> = (0..c).map(|i| gamma[i] as f64 / (var[i] as f64 + eps).sqrt()).collect();
+        let bias = (0..c).map(|i| (beta[i] as f64 - mean[i] as f64 * scale[i]) as f32).collect();
+        // Both layouts keep the output channel innermost: [..][cout] and [ky][kx][c].
+        let weight = p.values[u.weight.range()]
+            .chunks_exact(c)
+            .flat_map(|row| row.iter().zip(&scale).map(|(w, s)| (*w as f64 * s) as f32))
+            .collect();
+        FoldedConv { kind: u.kind, k: u.k, stride: u.stride, cin: u.cin, cout: c, weight, bias, act: u.act }
+    }
+
+    fn forward(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
+        match self.kind {
+            ConvKind::Dense => {
+                let g = Conv { n, h, w, cin: self.cin, cout: self.cout, k: self.k, stride: self.stride };
+                let mut y = Buf::uninit(n * g.oh() * g.ow() * self.cout);
+                conv::forward_act_into(x, &self.weight, Some(&self.bias), self.act, &g, &mut y);
+                (y, g.oh(), g.ow())
+            }
+            ConvKind::Depthwise => {
+                let g = Dw { n, h, w, c: self.cin, k: self.k, stride: self.stride };
+                let mut y = Buf::uninit(n * g.oh() * g.ow() * self.cin);
+                depthwise::forward_act_into(x, &self.weight, Some(&self.bias), self.act, &g, &mut y);
+                (y, g.oh(), g.ow())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FoldedSe {
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+    c: usize,
+    r: usize,
+}
+
+#[derive(Debug, Clone)]
+enum FoldedShortcut {
+    None,
+    Identity,
+    Pool { stride: usize, conv: Option<FoldedConv> },
+}
+
+/// One searched layer in inference form.
+#[derive(Debug, Clone)]
+pub struct FoldedLayer {
+    name: String,
+    expand: Option<FoldedConv>,
+    main: FoldedConv,
+    se: Option<FoldedSe>,
+    project: Option<FoldedConv>,
+    shortcut: FoldedShortcut,
+    act: Act,
+    cin: usize,
+}
+
+/// A whole network in inference form.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    arch: Arch,
+    stem: FoldedConv,
+    layers: Vec<FoldedLayer>,
+    head: FoldedConv,
+    classifier_w: Vec<f32>,
+    classifier_b: Vec<f32>,
+    head_c: usize,
+    classes: usize,
+}
+
+fn se_of(p: &Params, s: &SeUnit) -> FoldedSe {
+    let v = &p.values[s.slot.range()];
+    let (w1, rest) = v.split_at(s.c * s.r);
+    let (b1, rest) = rest.split_at(s.r);
+    let (w2, b2) = rest.split_at(s.r * s.c);
+    FoldedSe { w1: w1.to_vec(), b1: b1.to_vec(), w2: w2.to_vec(), b2: b2.to_vec(), c: s.c, r: s.r }
+}
+
+fn layer_of(p: &Params, eps: f64, l: &LayerUnits, name: String) -> FoldedLayer {
+    let fold = |u: &Unit| FoldedConv::of(p, eps, u);
+    FoldedLayer {
+        name,
+        expand: l.expand.as_ref().map(fold),
+        main: fold(&l.main),
+        se: l.se.as_ref().map(|s| se_of(p, s)),
+        project: l.project.as_ref().map(fold),
+        shortcut: match &l.shortcut {
+            Shortcut::None => FoldedShortcut::None,
+            Shortcut::Identity => FoldedShortcut::Identity,
+            Shortcut::Pool { stride, project } => {
+                FoldedShortcut::Pool { stride: *stride, conv: project.as_ref().map(fold) }
+            }
+        },
+        act: l.main.act,
+        cin: l.main_in_channels(),
+    }
+}
+
+/// `x * gate(x)` in place for one image of `hw` pixels.
+fn squeeze_excite(se: &FoldedSe, img: &mut [f32], hw: usize, act: Act) {
+    let mut pooled = vec![0f32; se.c];
+    for px in img.chunks_exact(se.c) {
+        add_to(&mut pooled, px);
+    }
+    pooled.iter_mut().for_each(|v| *v /= hw as f32);
+    let mut hidden = se.b1.clone();
+    for (ch, &v) in pooled.iter().enumerate() {
+        crate::simd::axpy(&mut hidden, &se.w1[ch * se.r..(ch + 1) * se.r], v);
+    }
+    hidden.iter_mut().for_each(|v| *v = act.apply(*v));
+    let mut gate = se.b2.clone();
+    for (j, &h) in hidden.iter().enumerate() {
+        crate::simd::axpy(&mut gate, &se.w2[j * se.c..(j + 1) * se.c], h);
+    }
+    gate.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+    for px in img.chunks_exact_mut(se.c) {
+        crate::simd::mul_in_place(px, &gate);
+    }
+}
+
+impl FoldedLayer {
+    /// `spec` alone with random weights (seeded) in inference form: a lookup table times the
+    /// layers of the space one by one.
+    pub fn random(spec: &Layer, act: Activation, seed: u64) -> FoldedLayer {
+        let mut b = ParamsBuilder::new(seed);
+        let units = units_of(&mut b, spec, Act::from(act));
+        layer_of(&b.params, NetOptions::default().bn_eps, &units, layer_prefix(spec))
+    }
+
+    /// The layer's output for `n` NHWC inputs of `h x w` with its input channels.
+    pub fn run(&self, x: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>, EngineError> {
+        if x.len() != n * h * w * self.cin || n == 0 {
+            return Err(EngineError::Input { got: x.len(), n, size: h });
+        }
+        Ok(self.forward(Buf::from_slice(x), n, h, w).0.into_vec())
+    }
+
+    fn forward(&self, x: Buf, n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
+        let expanded = self.expand.as_ref().map(|c| c.forward(&x, n, h, w).0);
+        let main_in: &[f32] = expanded.as_deref().unwrap_or(&x);
+        let (mut y, oh, ow) = self.main.forward(main_in, n, h, w);
+        drop(expanded);
+        if let Some(se) = &self.se {
+            let img = oh * ow * se.c;
+            for b in 0..n {
+                squeeze_excite(se, &mut y[b * img..(b + 1) * img], oh * ow, self.act);
+            }
+        }
+        let mut out = match &self.project {
+            Some(c) => c.forward(&y, n, oh, ow).0,
+            None => y,
+        };
+        match &self.shortcut {
+            FoldedShortcut::None => {}
+            FoldedShortcut::Identity => add_to(&mut out, &x),
+            FoldedShortcut::Pool { stride, conv } => {
+                let pooled;
+                let src: &[f32] = if *stride == 1 {
+                    &x
+                } else {
+                    pooled = pool::avg_pool(&x, n, h, w, self.cin, *stride);
+                    &pooled
+                };
+                let (ph, pw) = (pool::pooled(h, *stride), pool::pooled(w, *stride));
+                match conv {
+                    Some(c) => add_to(&mut out, &c.forward(src, n, ph, pw).0),
+                    None => add_to(&mut out, src),
+                }
+            }
+        }
+        (out, oh, ow)
+    }
+}
+
+impl Folded {
+    /// The inference form of `net` (its BN running statistics folded into the convolutions).
+    pub fn of(net: &Net) -> Folded {
+        let (stem, layers, head, classifier) = net.parts();
+        let (p, eps) = (&net.params, net.options.bn_eps);
+        let names = net.arch.layers();
+        let (cw, cb) = net.params.values[classifier.range()].split_at(head.cout * net.classes());
+        Folded {
+            arch: net.arch.clone(),
+            stem: FoldedConv::of(p, eps, stem),
+            layers: layers.iter().zip(&names).map(|(l, spec)| layer_of(p, eps, l, layer_prefix(spec))).collect(),
+            head: FoldedConv::of(p, eps, head),
+            classifier_w: cw.to_vec(),
+            classifier_b: cb.to_vec(),
+            head_c: head.cout,
+            classes: net.classes(),
+        }
+    }
+
+    /// A randomly initialised network of `arch` (seeded) in inference form: weights do not
+    /// change latency.
+    pub fn random(arch: &Arch, seed: u64) -> Result<Folded, EngineError> {
+        Ok(Folded::of(&Net::new(arch, Default::default(), seed)?))
+    }
+
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    /// Stage names in execution order, matching the rows of [`mnas_space::count`]: `stem`,
+    /// `blocks.i.j`, `head`, `classifier`.
+    pub fn stage_names(&self) -> Vec<String> {
+        let mut names = vec!["stem".to_string()];
+        names.extend(self.layers.iter().map(|l| l.name.clone()));
+        names.extend(["head".to_string(), "classifier".to_string()]);
+        names
+    }
+
+    /// Logits (`n x classes`) of `n` NHWC images `size x size x 3`.
+    pub fn forward(&self, images: &[f32], n: usize, size: usize) -> Result<Vec<f32>, EngineError> {
+        self.forward_observed(images, n, size, |_| {})
+    }
+
+    /// The forward pass with the wall time of each stage (see [`Folded::stage_names`]).
+    pub fn forward_timed(
+        &self,
+        images: &[f32],
+        n: usize,
+        size: usize,
+    ) -> Result<(Vec<f32>, Vec<Duration>), EngineError> {
+        let mut times = Vec::with_capacity(self.layers.len() + 3);
+        let mut start = Instant::now();
+        let logits = self.forward_observed(images, n, size, |_| {
+            times.push(start.elapsed());
+            start = Instant::now();
+        })?;
+        Ok((logits, times))
+    }
+
+    fn forward_observed(
+        &self,
+        images: &[f32],
+        n: usize,
+        size: usize,
+        mut after: impl FnMut(usize),
+    ) -> Result<Vec<f32>, EngineError> {
+        if images.len() != n * size * size * 3 || n == 0 || size == 0 {
+            return Err(EngineError::Input { got: images.len(), n, size });
+        }
+        let (mut x, mut h, mut w) = self.stem.forward(images, n, size, size);
+        after(0);
+        for (i, layer) in self.layers.iter().enumerate() {
+            (x, h, w) = layer.forward(x, n, h, w);
+            after(i + 1);
+        }
+        let (y, hh, hw) = self.head.forward(&x, n, h, w);
+        after(self.layers.len() + 1);
+        let features = pool::global_mean(&y, n, hh * hw, self.head_c);
+        let mut logits: Vec<f32> = (0..n).flat_map(|_| self.classifier_b.iter().copied()).collect();
+        let wt = View::rows(&self.classifier_w, self.head_c, self.classes);
+        par_gemm(&mut logits, View::rows(&features, n, self.head_c), wt, true);
+        after(self.layers.len() + 2);
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::values;
+
+    #[test]
+    fn folded_logits_match_eval_mode_for_every_layer_kind() {
+        let mut arch = mnas_space::parse_block_list(
+            "stem16 cn_r2_k3_s1_c16_se0.25 ds_r1_k3_s1_c16_se0.25 ir_r2_k5_s2_e3_c24 ir_r2_k3_s2_e6_c40_se0.25_pool \
+             ir_r1_k5_s2_e1_c40_pool ir_r1_k3_s1_e6_c48_pool cn_r1_k5_s2_c56_pool head64",
+        )
+        .expect("valid");
+        arch.num_classes = 10;
+        for act in [mnas_space::Activation::Relu, mnas_space::Activation::Relu6] {
+            arch.activation = act;
+            let mut net = Net::new(&arch, NetOptions::default(), 3).expect("valid");
+            // Non-trivial BN statistics and affine parameters, as a trained network has.
+            for t in net.params.tensors.clone() {
+                let v = values(t.slot.len, t.slot.offset as u64);
+                if t.name.ends_with("running_var") {
+                    net.params.state[t.slot.range()].iter_mut().zip(&v).for_each(|(s, r)| *s = 1.0 + 0.5 * r);
+                } else if t.name.ends_with("running_mean") {
+                    net.params.state[t.slot.range()].iter_mut().zip(&v).for_each(|(s, r)| *s = 0.3 * r);
+                } else if t.role == crate::params::Role::Affine {
+                    net.params.values[t.slot.range()].iter_mut().zip(&v).for_each(|(s, r)| *s += 0.3 * r);
+                }
+            }
+            let (n, size) = (3, 37);
+            let x = values(n * size * size * 3, 9);
+            let want = net.forward_eval(&x, n, size).expect("valid");
+            let folded = Folded::of(&net);
+            let got = folded.forward(&x, n, size).expect("valid");
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(err < 1e-5, "{act:?}: relative error {err:e}");
+            let (timed, times) = folded.forward_timed(&x, n, size).expect("valid");
+            assert_eq!(timed, got);
+            assert_eq!(times.len(), folded.stage_names().len());
+            let rows: Vec<String> = mnas_space::count(&arch).layers.into_iter().map(|l| l.name).collect();
+            assert_eq!(folded.stage_names(), rows);
+        }
+    }
+
+    #[test]
+    fn a_layer_alone_runs_like_inside_a_network() {
+        let mut arch = mnas_space::parse_block_list("stem16 ir_r1_k5_s2_e6_c24_se0.25_pool head32").expect("valid");
+        arch.resolution = 20;
+        let spec = &arch.layers()[0];
+        let layer = FoldedLayer::random(spec, arch.activation, 4);
+        let (c, s) = (spec.in_channels as usize, spec.in_size as usize);
+        let y = layer.run(&values(2 * s * s * c, 1), 2, s, s).expect("valid");
+        let o = spec.out_size as usize;
+        assert_eq!(y.len(), 2 * o * o * spec.out_channels as usize);
+        assert!(y.iter().all(|v| v.is_finite()) && y.iter().any(|v| *v != 0.0));
+        assert!(layer.run(&[0.0; 5], 1, s, s).is_err());
+    }
+}
