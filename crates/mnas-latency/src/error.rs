@@ -21,6 +21,9 @@ pub enum LatencyError {
     /// The engine failed while running the model.
     #[error("inference failed: {0}")]
     Engine(String),
+    /// ONNX Runtime could not be loaded or refused the model.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
     /// Pinning a thread to a core, or building the thread pool, failed.
     #[error("cannot pin the measurement: {0}")]
     Pin(String),

@@ -17,6 +17,7 @@ pub mod fingerprint;
 pub mod lut;
 pub mod lut_build;
 pub mod measure;
+pub mod ort_engine;
 pub mod pin;
 pub mod pool;
 pub mod protocol;
@@ -29,7 +30,8 @@ use mnas_space::Arch;
 pub use error::{LatencyError, Result};
 pub use fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
 pub use lut::{Lut, LutError};
-pub use measure::{MeasureOptions, Measurement, Progress, StageTime};
+pub use measure::{measure_on, BuiltIn, LocalEngine, MeasureOptions, Measurement, Progress, StageTime};
+pub use ort_engine::OrtEngine;
 pub use stats::Stats;
 pub use store::{Key, Store};
 
@@ -38,9 +40,14 @@ pub fn measure_arch(arch: &Arch, opts: &MeasureOptions) -> Result<Measurement> {
     measure::measure(arch, opts, &|_| {})
 }
 
-/// The store key a measurement of `arch` with `opts` would get on this machine.
+/// The store key a measurement of `arch` with `opts` would get on this machine's built-in engine.
 pub fn key_for(arch: &Arch, opts: &MeasureOptions) -> Key {
-    Key::on(&Fingerprint::current(opts.threads, Vec::new()), arch, opts)
+    key_on(&BuiltIn, arch, opts)
+}
+
+/// The store key a measurement of `arch` with `opts` would get on `engine` here.
+pub fn key_on(engine: &dyn LocalEngine, arch: &Arch, opts: &MeasureOptions) -> Key {
+    Key::on(&measure::fingerprint_of(engine, opts.threads, Vec::new()), arch, opts)
 }
 
 /// The stored measurement of `arch` on this device when there is one with at least `opts.runs`
@@ -57,15 +64,33 @@ pub fn measure_cached_with(
     opts: &MeasureOptions,
     measure: impl FnOnce(&Arch, &MeasureOptions) -> Result<Measurement>,
 ) -> Result<(Measurement, bool)> {
+    measure_cached_on(store, &BuiltIn, arch, opts, measure)
+}
+
+/// [`measure_cached_with`] for a measurement on `engine` (its key names the engine and build).
+/// A stored measurement whose spread stayed above the accepted CV is measured again, never
+/// served.
+pub fn measure_cached_on(
+    store: &Store,
+    engine: &dyn LocalEngine,
+    arch: &Arch,
+    opts: &MeasureOptions,
+    measure: impl FnOnce(&Arch, &MeasureOptions) -> Result<Measurement>,
+) -> Result<(Measurement, bool)> {
     opts.validate()?;
     arch.validate()?;
     if !opts.per_layer {
-        if let Some(m) = store.get(&key_for(arch, opts))? {
-            if m.runs >= opts.runs {
+        if let Some(m) = store.get(&key_on(engine, arch, opts))? {
+            if m.runs >= opts.runs && m.stable {
                 tracing::info!(arch = %m.arch, median_ms = m.median_ms, "latency from the store");
                 return Ok((m, true));
             }
-            tracing::info!(stored = m.runs, wanted = opts.runs, "stored measurement has fewer runs; measuring again");
+            tracing::info!(
+                stored = m.runs,
+                wanted = opts.runs,
+                stable = m.stable,
+                "stored measurement not reusable; measuring again"
+            );
         }
     }
     let m = measure(arch, opts)?;
@@ -131,6 +156,26 @@ mod tests {
         assert!(!measure_cached_with(&store, &arch, &two, counted).unwrap().1);
         assert_eq!(calls.get(), 4);
         assert_eq!(store.len().unwrap(), 3);
+    }
+
+    #[test]
+    fn an_unstable_measurement_is_stored_but_measured_again_next_time() {
+        let store = Store::in_memory().unwrap();
+        let arch = mnas_space::lookup("mnasnet-a1").unwrap();
+        let opts = MeasureOptions { runs: 5, ..Default::default() };
+        let calls = Cell::new(0);
+        let shaky = |a: &Arch, o: &MeasureOptions| {
+            calls.set(calls.get() + 1);
+            Ok(Measurement { stable: false, cv: 0.4, ..fake(a, o, 20.0) })
+        };
+        assert!(!measure_cached_with(&store, &arch, &opts, shaky).unwrap().1);
+        assert_eq!(store.len().unwrap(), 1, "stored, marked unstable");
+        assert!(!measure_cached_with(&store, &arch, &opts, shaky).unwrap().1, "not served");
+        assert_eq!(calls.get(), 2);
+        let steady = |a: &Arch, o: &MeasureOptions| Ok(fake(a, o, 12.0));
+        assert!(!measure_cached_with(&store, &arch, &opts, steady).unwrap().1);
+        let (m, cached) = measure_cached_with(&store, &arch, &opts, |_, _| panic!("must be served")).unwrap();
+        assert!(cached && m.stable && m.median_ms == 12.0);
     }
 
     #[test]

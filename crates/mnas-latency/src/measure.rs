@@ -13,7 +13,7 @@ use mnas_space::Arch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LatencyError, Result};
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
 use crate::pin::{allowed_cores, choose_cores, pin_current_thread};
 use crate::stats::Stats;
 use crate::timestamp::utc_now;
@@ -145,8 +145,78 @@ pub fn planned_cores(opts: &MeasureOptions) -> Result<Vec<usize>> {
     choose_cores(&allowed_cores()?, opts.threads, opts.core)
 }
 
-/// Measures `arch` on this machine with `opts` (random weights; weights do not change latency).
+/// An inference engine of this machine: builds a runnable model of an arch on the thread that
+/// will time it.
+pub trait LocalEngine: Sync {
+    /// Engine name and version as the fingerprint records them.
+    fn identity(&self) -> (String, String);
+    /// A model of `arch` (random weights) with its input, ready to run `opts.batch` images.
+    fn build(&self, arch: &Arch, opts: &MeasureOptions) -> Result<Box<dyn Runnable>>;
+}
+
+/// A built model: one forward pass per call.
+pub trait Runnable {
+    fn run(&mut self) -> Result<()>;
+    /// One forward pass with the time of each stage (stem, blocks.i.j, head, classifier);
+    /// `None` when the engine cannot time stages.
+    fn run_stages(&mut self) -> Result<Option<Vec<Duration>>> {
+        Ok(None)
+    }
+}
+
+/// The fingerprint of a measurement on `engine` here.
+pub fn fingerprint_of(engine: &dyn LocalEngine, threads: usize, cores: Vec<usize>) -> Fingerprint {
+    let (name, version) = engine.identity();
+    Fingerprint { engine: name, engine_version: version, ..Fingerprint::current(threads, cores) }
+}
+
+/// mnas-engine's inference form: BN folded, activations fused.
+pub struct BuiltIn;
+
+impl LocalEngine for BuiltIn {
+    fn identity(&self) -> (String, String) {
+        (ENGINE.to_string(), ENGINE_VERSION.to_string())
+    }
+
+    fn build(&self, arch: &Arch, opts: &MeasureOptions) -> Result<Box<dyn Runnable>> {
+        let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
+        Ok(Box::new(BuiltInModel { net, input: Input::random(arch, opts) }))
+    }
+}
+
+struct BuiltInModel {
+    net: Folded,
+    input: Input,
+}
+
+impl Runnable for BuiltInModel {
+    fn run(&mut self) -> Result<()> {
+        let logits = self.net.forward(&self.input.pixels, self.input.batch, self.input.size).map_err(engine_error)?;
+        black_box(logits);
+        Ok(())
+    }
+
+    fn run_stages(&mut self) -> Result<Option<Vec<Duration>>> {
+        let (logits, times) =
+            self.net.forward_timed(&self.input.pixels, self.input.batch, self.input.size).map_err(engine_error)?;
+        black_box(logits);
+        Ok(Some(times))
+    }
+}
+
+/// Measures `arch` on this machine with the built-in engine and `opts` (random weights; weights
+/// do not change latency).
 pub fn measure(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) + Sync)) -> Result<Measurement> {
+    measure_on(&BuiltIn, arch, opts, progress)
+}
+
+/// [`measure`] on any engine of this machine.
+pub fn measure_on(
+    engine: &dyn LocalEngine,
+    arch: &Arch,
+    opts: &MeasureOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Measurement> {
     opts.validate()?;
     arch.validate()?;
     let cores = planned_cores(opts)?;
@@ -159,7 +229,7 @@ pub fn measure(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) 
         result?;
     }
     tracing::info!(arch = %arch.canonical(), ?cores, threads = opts.threads, "measuring");
-    let (kept, attempts, per_layer) = pool.install(|| run_pinned(arch, opts, progress))?;
+    let (kept, attempts, per_layer) = pool.install(|| run_pinned(engine, arch, opts, progress))?;
     let stable = kept.cv <= opts.max_cv;
     if !stable {
         tracing::info!(cv = kept.cv, max_cv = opts.max_cv, attempts, "latency spread stays too wide");
@@ -180,7 +250,7 @@ pub fn measure(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) 
         warmup: opts.warmup,
         attempts,
         stable,
-        fingerprint: Fingerprint::current(opts.threads, cores),
+        fingerprint: fingerprint_of(engine, opts.threads, cores),
         measured_at: utc_now(),
         per_layer,
     })
@@ -188,51 +258,19 @@ pub fn measure(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) 
 
 type Pinned = (Stats, usize, Option<Vec<StageTime>>);
 
-/// Runs on a pinned pool thread: builds the network there (its memory is first touched by the
-/// measuring core), warms up, times, and re-measures while the spread is too wide.
-fn run_pinned(arch: &Arch, opts: &MeasureOptions, progress: &(dyn Fn(Progress) + Sync)) -> Result<Pinned> {
-    let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
-    let input = Input::random(arch, opts);
-    for _ in 0..opts.warmup {
-        forward_once(&net, &input)?;
-    }
-    let mut best: Option<Stats> = None;
-    let mut attempts = 0;
-    while attempts <= opts.retries {
-        attempts += 1;
-        progress(Progress::Start { attempt: attempts, total: opts.runs });
-        let mut samples = Vec::with_capacity(opts.runs);
-        for done in 1..=opts.runs {
-            samples.push(forward_once(&net, &input)?.as_secs_f64() * 1e3);
-            progress(Progress::Run { done });
-        }
-        let stats = Stats::of(&samples).ok_or_else(|| LatencyError::Engine("no usable timings".into()))?;
-        tracing::debug!(attempt = attempts, median_ms = stats.median_ms, cv = stats.cv, "attempt");
-        if best.is_none_or(|b| stats.cv < b.cv) {
-            best = Some(stats);
-        }
-        if stats.cv <= opts.max_cv {
-            break;
-        }
-    }
-    let best = best.ok_or_else(|| LatencyError::Engine("no attempt ran".into()))?;
-    let per_layer = if opts.per_layer { Some(time_stages(&net, &input, opts, progress)?) } else { None };
-    Ok((best, attempts, per_layer))
-}
-
 fn engine_error(e: mnas_engine::EngineError) -> LatencyError {
     LatencyError::Engine(e.to_string())
 }
 
 /// A batch of NHWC images with normal(0, 1) pixels (seeded): values do not change latency.
-pub(crate) struct Input {
-    pixels: Vec<f32>,
-    batch: usize,
-    size: usize,
+pub struct Input {
+    pub pixels: Vec<f32>,
+    pub batch: usize,
+    pub size: usize,
 }
 
 impl Input {
-    pub(crate) fn random(arch: &Arch, opts: &MeasureOptions) -> Input {
+    pub fn random(arch: &Arch, opts: &MeasureOptions) -> Input {
         let size = arch.resolution as usize;
         let mut s = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let pixels = (0..opts.batch * size * size * 3)
@@ -252,45 +290,70 @@ impl Input {
     }
 }
 
-/// One timed forward pass.
-fn forward_once(net: &Folded, input: &Input) -> Result<Duration> {
-    let start = Instant::now();
-    let logits = net.forward(&input.pixels, input.batch, input.size).map_err(engine_error)?;
-    let elapsed = start.elapsed();
-    black_box(logits);
-    Ok(elapsed)
+/// Runs on a pinned pool thread: builds the model there (its memory is first touched by the
+/// measuring core), warms up, times, and re-measures while the spread is too wide.
+fn run_pinned(
+    engine: &dyn LocalEngine,
+    arch: &Arch,
+    opts: &MeasureOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Pinned> {
+    let mut model = engine.build(arch, opts)?;
+    for _ in 0..opts.warmup {
+        model.run()?;
+    }
+    let mut best: Option<Stats> = None;
+    let mut attempts = 0;
+    while attempts <= opts.retries {
+        attempts += 1;
+        progress(Progress::Start { attempt: attempts, total: opts.runs });
+        let mut samples = Vec::with_capacity(opts.runs);
+        for done in 1..=opts.runs {
+            let start = Instant::now();
+            model.run()?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+            progress(Progress::Run { done });
+        }
+        let stats = Stats::of(&samples).ok_or_else(|| LatencyError::Engine("no usable timings".into()))?;
+        tracing::debug!(attempt = attempts, median_ms = stats.median_ms, cv = stats.cv, "attempt");
+        if best.is_none_or(|b| stats.cv < b.cv) {
+            best = Some(stats);
+        }
+        if stats.cv <= opts.max_cv {
+            break;
+        }
+    }
+    let best = best.ok_or_else(|| LatencyError::Engine("no attempt ran".into()))?;
+    let per_layer = if opts.per_layer { Some(time_stages(model.as_mut(), arch, opts, progress)?) } else { None };
+    Ok((best, attempts, per_layer))
 }
 
 /// Median time of every stage over `opts.runs` passes.
 fn time_stages(
-    net: &Folded,
-    input: &Input,
+    model: &mut dyn Runnable,
+    arch: &Arch,
     opts: &MeasureOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Vec<StageTime>> {
-    let names = net.stage_names();
-    let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.runs); names.len()];
+    let rows = mnas_space::count(arch).layers;
+    let mut per_stage: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.runs); rows.len()];
     for done in 1..=opts.runs {
-        let (logits, times) = net.forward_timed(&input.pixels, input.batch, input.size).map_err(engine_error)?;
-        black_box(logits);
+        let times = model.run_stages()?.ok_or_else(|| {
+            LatencyError::Option("per-layer timing needs the built-in engine (this engine times whole passes)".into())
+        })?;
         for (slot, t) in per_stage.iter_mut().zip(times) {
             slot.push(t.as_secs_f64() * 1e3);
         }
         progress(Progress::Layers { done, total: opts.runs });
     }
-    let rows = mnas_space::count(net.arch()).layers;
-    Ok(names
+    Ok(rows
         .into_iter()
         .zip(per_stage)
-        .enumerate()
-        .map(|(i, (name, samples))| {
-            let row = rows.get(i).filter(|r| r.name == name);
-            StageTime {
-                description: row.map(|r| r.description.clone()).unwrap_or_default(),
-                macs: row.map_or(0, |r| r.macs) * opts.batch as u64,
-                median_ms: Stats::of(&samples).map_or(f64::NAN, |s| s.median_ms),
-                name,
-            }
+        .map(|(row, samples)| StageTime {
+            description: row.description,
+            macs: row.macs * opts.batch as u64,
+            median_ms: Stats::of(&samples).map_or(f64::NAN, |s| s.median_ms),
+            name: row.name,
         })
         .collect())
 }

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mnas_latency::{measure, measure_cached_with, MeasureOptions, Measurement, Progress, Store};
+use mnas_latency::{measure, measure_cached_on, BuiltIn, LocalEngine, MeasureOptions, Measurement, Progress, Store};
 
 use crate::spec::{resolve, ArchOverrides};
 use crate::table::{render, thousands};
 
 /// The long help of `mnas latency` (`main.rs` attaches it; its one-line summary is the doc comment there).
 pub const LONG_ABOUT: &str = "Measure inference latency: on this machine (batch 1, pinned core), on \
-remote agents (--device tcp://HOST:PORT, `mnas agent` there), with your own engine (--engine cmd:...), \
+remote agents (--device tcp://HOST:PORT, `mnas agent` there), with ONNX Runtime in process (--engine ort) or \
+your own engine (--engine cmd:...), \
 or predicted from a lookup table (the build-lut / predict / lut-report subcommands).
 
 The model gets random weights (weights do not change latency) and runs in inference form: BN \
@@ -27,6 +28,7 @@ engine): asking again on the same device answers from the store without measurin
 Examples:
   mnas latency --arch mnasnet-a1 --per-layer
   mnas latency --arch mnasnet-a1 --device tcp://phone:7878 --token \"$T\"
+  mnas latency --arch mnasnet-a1 --engine ort           ONNX Runtime in this process (pip wheel in .venv)
   mnas latency --arch mnasnet-a1 --engine \"cmd:onnxruntime_perf_test -I -r 50 {model}\"
   mnas latency build-lut --resolution 224 --out lut.json && mnas latency predict --arch FILE --lut lut.json";
 
@@ -114,8 +116,17 @@ pub fn run(args: LatencyArgs) -> Result<()> {
         };
         return super::latency_remote::run(&args.elsewhere, &arch, &opts, &store);
     }
-    // Fail on a thread count or core this machine cannot honour before touching the store.
+    // Fail on a thread count, core or engine this machine cannot honour before touching the store.
     measure::planned_cores(&opts)?;
+    let engine: &dyn LocalEngine = match args.elsewhere.ort()? {
+        Some(ort) => {
+            if opts.per_layer {
+                bail!("--per-layer times mnas's own engine; ONNX Runtime times whole passes (drop --engine ort)");
+            }
+            ort
+        }
+        None => &BuiltIn,
+    };
     let store = if args.no_store {
         None
     } else {
@@ -143,11 +154,11 @@ pub fn run(args: LatencyArgs) -> Result<()> {
             }
         }
     };
-    let run_measure = |a: &_, o: &_| measure::measure(a, o, &on_progress);
+    let run_measure = |a: &_, o: &_| measure::measure_on(engine, a, o, &on_progress);
     let outcome = match &store {
         None => run_measure(&arch, &opts).map(|m| (m, false)),
         Some(store) if args.refresh => run_measure(&arch, &opts).and_then(|m| store.put(&m).map(|()| (m, false))),
-        Some(store) => measure_cached_with(store, &arch, &opts, run_measure),
+        Some(store) => measure_cached_on(store, engine, &arch, &opts, run_measure),
     };
     if let Some(bar) = &bar {
         bar.finish_and_clear();

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use mnas_latency::engine::{EngineCommand, ACCEPTED_FORMATS};
 use mnas_latency::pool::{key_on, AgentPool, PoolOptions};
-use mnas_latency::{MeasureOptions, Measurement, Store};
+use mnas_latency::{MeasureOptions, Measurement, OrtEngine, Store};
 use mnas_space::Arch;
 
 use super::agent::{token, TOKEN_ENV};
@@ -30,9 +30,14 @@ pub struct ElsewhereArgs {
     /// The agents' token [default: $MNAS_AGENT_TOKEN, which keeps it out of `ps`].
     #[arg(long, requires = "device")]
     pub token: Option<String>,
-    /// Measure with an external command: cmd:'TEMPLATE' ({model} is the exported ONNX file).
-    #[arg(long, value_name = "cmd:TEMPLATE", long_help = engine_help())]
+    /// Measure with ONNX Runtime in this process (`ort`), or with an external command:
+    /// cmd:'TEMPLATE' ({model} is the exported ONNX file).
+    #[arg(long, value_name = "ort|cmd:TEMPLATE", long_help = engine_help())]
     pub engine: Option<String>,
+    /// libonnxruntime.so for --engine ort [default: $MNAS_ORT_LIB, else the onnxruntime wheel of
+    /// $VIRTUAL_ENV or ./.venv].
+    #[arg(long, value_name = "PATH", env = "MNAS_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
     /// Seconds to wait for a remote measurement [default: 30 + 1 per image forward] or for the
     /// --engine command [default: 600]; on timeout the command is killed.
     #[arg(long, value_name = "SECS")]
@@ -42,7 +47,13 @@ pub struct ElsewhereArgs {
 /// The long help of `--engine`, with the output formats it reads.
 fn engine_help() -> String {
     format!(
-        "Measure with an external command instead of mnas's engine: cmd:'TEMPLATE'.\n\n\
+        "Measure with another engine than mnas's own.\n\n\
+         ort: ONNX Runtime in this process, on mnas's ONNX export of the model (built in memory), pinned \
+         like the built-in engine (1 intra-op thread per --threads), with the same statistics and store; the \
+         fingerprint names the ORT version. The library is libonnxruntime.so from --ort-lib, $MNAS_ORT_LIB, \
+         or the `onnxruntime` pip wheel of $VIRTUAL_ENV or ./.venv (onnxruntime/capi/libonnxruntime.so.1.*); \
+         ONNX Runtime 1.17 or newer.\n\n\
+         cmd:'TEMPLATE': an external command.\n\n\
          The model is exported to ONNX (random weights, BN folded) in a temp directory and the template runs \
          with `sh -c` after substituting {{model}} (the file's path, shell-quoted), {{resolution}}, {{batch}}, \
          {{threads}}, {{runs}} and {{warmup}}. Example:\n  \
@@ -55,11 +66,22 @@ fn engine_help() -> String {
 }
 
 impl ElsewhereArgs {
-    /// Whether the measurement happens elsewhere (then [`run`] handles it).
+    /// Whether the measurement happens elsewhere (then [`run`] handles it): agents or a command.
     pub fn is_set(&self) -> bool {
-        !self.device.is_empty() || self.engine.is_some()
+        !self.device.is_empty() || self.engine.as_deref().is_some_and(|e| e != ORT)
+    }
+
+    /// ONNX Runtime in this process, when `--engine ort` asks for it.
+    pub fn ort(&self) -> Result<Option<&'static OrtEngine>> {
+        match self.engine.as_deref() {
+            Some(ORT) => Ok(Some(OrtEngine::load(self.ort_lib.as_deref())?)),
+            _ => Ok(None),
+        }
     }
 }
+
+/// The `--engine` value that selects ONNX Runtime in process.
+pub const ORT: &str = "ort";
 
 /// How `mnas latency` asked for the store.
 pub struct StoreArgs {

@@ -1,0 +1,205 @@
+//! ONNX Runtime in process: the model exported by mnas's own ONNX writer (in memory), run by a
+//! `libonnxruntime.so` loaded at run time, on the same pinned thread and with the same statistics
+//! and store as the built-in engine. The library comes from `--ort-lib`, `$MNAS_ORT_LIB`, or the
+//! `onnxruntime` wheel of a Python venv (`$VIRTUAL_ENV`, `./.venv`, or the venv beside the mnas
+//! checkout the binary was built in).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use mnas_export::{export_onnx, Batch, ExportOptions};
+use mnas_model::backend::Cpu;
+use mnas_model::burn::tensor::backend::Backend;
+use mnas_model::MnasNet;
+use mnas_space::Arch;
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::error::{LatencyError, Result};
+use crate::measure::{Input, LocalEngine, MeasureOptions, Runnable};
+
+/// The engine name in fingerprints.
+pub const ORT_ENGINE: &str = "onnxruntime";
+
+/// How to get a library when none is found.
+const HOW_TO_GET: &str = "install the onnxruntime wheel in a venv (`python3 -m venv .venv && .venv/bin/pip install \
+                          onnxruntime`) and pass --ort-lib .venv/lib/python3.*/site-packages/onnxruntime/capi/\
+                          libonnxruntime.so.1.* (or set MNAS_ORT_LIB)";
+
+/// ONNX Runtime, loaded once per process.
+pub struct OrtEngine {
+    pub library: PathBuf,
+    pub version: String,
+    environment: Environment,
+}
+
+impl std::fmt::Debug for OrtEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtEngine").field("library", &self.library).field("version", &self.version).finish()
+    }
+}
+
+static LOADED: OnceLock<std::result::Result<OrtEngine, String>> = OnceLock::new();
+
+/// `libonnxruntime.so*` in an `onnxruntime/capi` folder under a venv's site-packages.
+fn in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib).ok()?.flatten().map(|e| e.path()).collect();
+    pythons.sort();
+    for py in pythons.iter().rev() {
+        let capi = py.join("site-packages/onnxruntime/capi");
+        let Ok(entries) = std::fs::read_dir(&capi) else { continue };
+        let mut libs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .collect();
+        libs.sort();
+        if let Some(best) = libs.pop() {
+            return Some(best);
+        }
+    }
+    None
+}
+
+/// Where a library would be found without `--ort-lib`.
+pub fn discover() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MNAS_ORT_LIB").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let mut venvs = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        venvs.push(PathBuf::from(v));
+    }
+    venvs.push(PathBuf::from(".venv"));
+    venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    venvs.iter().find_map(|v| in_venv(v))
+}
+
+impl OrtEngine {
+    /// Loads ONNX Runtime from `library` (else [`discover`]). The first successful load holds for
+    /// the process; a later call naming another file is refused.
+    pub fn load(library: Option<&Path>) -> Result<&'static OrtEngine> {
+        let path = match library.map(Path::to_path_buf).or_else(discover) {
+            Some(p) => p,
+            None => return Err(LatencyError::Ort(format!("no ONNX Runtime library found: {HOW_TO_GET}"))),
+        };
+        let loaded = LOADED.get_or_init(|| load_from(&path));
+        match loaded {
+            Ok(engine) if library.is_none_or(|l| same_file(l, &engine.library)) => Ok(engine),
+            Ok(engine) => Err(LatencyError::Ort(format!(
+                "ONNX Runtime is already loaded from {} in this process; {} cannot be loaded beside it",
+                engine.library.display(),
+                path.display()
+            ))),
+            Err(reason) => Err(LatencyError::Ort(reason.clone())),
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn load_from(path: &Path) -> std::result::Result<OrtEngine, String> {
+    if !path.is_file() {
+        return Err(format!("{}: no such file; {HOW_TO_GET}", path.display()));
+    }
+    let builder = ort::init_from(path).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("expected version") {
+            format!(
+                "{}: this ONNX Runtime is too old ({text}); mnas needs 1.{} or newer: {HOW_TO_GET}",
+                path.display(),
+                ort::MINOR_VERSION
+            )
+        } else {
+            format!("{}: not a usable ONNX Runtime library ({text})", path.display())
+        }
+    })?;
+    let environment = builder.with_name("mnas").build().map_err(|e| format!("{}: {e}", path.display()))?;
+    let version = ort::info()
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| version_from_name(path));
+    Ok(OrtEngine { library: path.to_path_buf(), version, environment })
+}
+
+/// `libonnxruntime.so.1.32.0` -> `1.32.0`.
+fn version_from_name(path: &Path) -> String {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.strip_prefix("libonnxruntime.so.").unwrap_or("unknown").to_string()
+}
+
+fn ort_error(e: impl std::fmt::Display) -> LatencyError {
+    LatencyError::Ort(e.to_string())
+}
+
+impl LocalEngine for OrtEngine {
+    fn identity(&self) -> (String, String) {
+        (ORT_ENGINE.to_string(), self.version.clone())
+    }
+
+    fn build(&self, arch: &Arch, opts: &MeasureOptions) -> Result<Box<dyn Runnable>> {
+        let device = Default::default();
+        Cpu::seed(&device, opts.seed);
+        let model = MnasNet::<Cpu>::new(arch, &device)?;
+        let export = ExportOptions { batch: Batch::Fixed(opts.batch as u32), ..ExportOptions::default() };
+        let bytes = export_onnx(&model, &export).map_err(|e| LatencyError::Engine(e.to_string()))?;
+        drop(model);
+        // One intra-op thread runs on the calling (pinned) thread; more get ORT's own pool.
+        let session = Session::builder(&self.environment)
+            .map_err(ort_error)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(ort_error)?
+            .with_intra_threads(opts.threads)
+            .map_err(ort_error)?
+            .with_inter_threads(1)
+            .map_err(ort_error)?
+            .commit_from_memory(&bytes)
+            .map_err(ort_error)?;
+        let input = Input::random(arch, opts);
+        let (n, r) = (input.batch, input.size);
+        // The export takes NCHW.
+        let mut nchw = vec![0f32; input.pixels.len()];
+        for b in 0..n {
+            for c in 0..3 {
+                for p in 0..r * r {
+                    nchw[(b * 3 + c) * r * r + p] = input.pixels[(b * r * r + p) * 3 + c];
+                }
+            }
+        }
+        let tensor = Tensor::from_array(([n, 3, r, r], nchw)).map_err(ort_error)?;
+        Ok(Box::new(OrtModel { session, input: tensor }))
+    }
+}
+
+struct OrtModel {
+    session: Session,
+    input: Tensor<f32>,
+}
+
+impl Runnable for OrtModel {
+    fn run(&mut self) -> Result<()> {
+        let outputs = self.session.run(ort::inputs!["input" => &self.input]).map_err(ort_error)?;
+        std::hint::black_box(outputs);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_the_file_name_when_the_build_info_lacks_them() {
+        assert_eq!(version_from_name(Path::new("/x/libonnxruntime.so.1.32.0")), "1.32.0");
+        assert_eq!(version_from_name(Path::new("/x/libfoo.so")), "unknown");
+    }
+}
