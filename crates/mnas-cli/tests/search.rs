@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::assert_error;
 use mnas_pipeline::{ProxySettings, ProxyTrainer};
-use mnas_search::scheduler::{AccuracyEvaluator, AccuracyResult};
+use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult};
 use mnas_search::store::RunStore;
 use mnas_search::TrialStatus;
 use mnas_space::SearchSpace;

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::fingerprint::Fingerprint;
 use crate::measure::{MeasureOptions, Measurement};
 use crate::store::Key;
-use crate::timestamp::utc_now;
+use mnas_space::timestamp::utc_now;
 
 /// What `--engine` values start with.
 pub const PREFIX: &str = "cmd:";

@@ -23,7 +23,6 @@ pub mod pool;
 pub mod protocol;
 pub mod stats;
 pub mod store;
-pub mod timestamp;
 
 use mnas_space::Arch;
 
@@ -122,7 +121,7 @@ mod tests {
             attempts: 1,
             stable: true,
             fingerprint: Fingerprint::current(opts.threads, vec![0]),
-            measured_at: timestamp::utc_now(),
+            measured_at: mnas_space::timestamp::utc_now(),
             per_layer: None,
         }
     }

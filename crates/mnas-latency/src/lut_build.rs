@@ -24,7 +24,7 @@ use crate::lut::{
 use crate::measure::{self, MeasureOptions};
 use crate::pin::pin_current_thread;
 use crate::stats::Stats;
-use crate::timestamp::utc_now;
+use mnas_space::timestamp::utc_now;
 
 /// What one LUT entry times.
 #[derive(Debug, Clone)]

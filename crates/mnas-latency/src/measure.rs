@@ -16,7 +16,7 @@ use crate::error::{LatencyError, Result};
 use crate::fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
 use crate::pin::{allowed_cores, choose_cores, pin_current_thread};
 use crate::stats::Stats;
-use crate::timestamp::utc_now;
+use mnas_space::timestamp::utc_now;
 
 /// How to measure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

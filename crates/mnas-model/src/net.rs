@@ -152,15 +152,4 @@ impl<B: Backend> MnasNet<B> {
         let classes = self.classifier_bias.dims()[0];
         f.matmul(self.classifier_weight.val().transpose()) + self.classifier_bias.val().reshape([1, classes])
     }
-
-    /// Trainable parameters (BN running statistics excluded), the figure timm reports.
-    pub fn trainable_params(&self) -> usize {
-        let mut total = 0;
-        crate::weights::visit(self, |_, slot| {
-            if slot.trainable() {
-                total += slot.numel();
-            }
-        });
-        total
-    }
 }

@@ -137,6 +137,19 @@ pub fn visit<B: Backend>(m: &MnasNet<B>, mut f: impl FnMut(&str, Slot<'_, B>)) {
     visit_mut(&mut shallow, &mut f);
 }
 
+impl<B: Backend> MnasNet<B> {
+    /// Trainable parameters (BN running statistics excluded), the figure timm reports.
+    pub fn trainable_params(&self) -> usize {
+        let mut total = 0;
+        visit(self, |_, slot| {
+            if slot.trainable() {
+                total += slot.numel();
+            }
+        });
+        total
+    }
+}
+
 fn st_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() }
 }

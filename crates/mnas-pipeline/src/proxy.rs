@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use mnas_data::{DataSpec, Source, Splits};
 use mnas_engine::train::{train, Decay, Optimizer, Progress, RunResult, RunStatus, SgdRecipe};
 use mnas_engine::{Net, NetOptions};
-use mnas_search::scheduler::{AccuracyEvaluator, AccuracyResult};
+use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult};
 use mnas_space::arch::conv_out;
 use mnas_space::Arch;
 use rand::seq::SliceRandom;

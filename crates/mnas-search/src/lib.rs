@@ -15,8 +15,9 @@ pub mod ppo;
 pub mod random;
 pub mod report;
 pub mod reward;
-pub mod scheduler;
+pub mod search_loop;
 pub mod store;
+pub mod strategies;
 pub mod strategy;
 pub mod trial;
 

@@ -6,15 +6,11 @@
 //! step; `load_state` on a fresh strategy built from the same config continues bit-for-bit, so a
 //! search killed at any moment and resumed proposes exactly what it would have proposed.
 
-use mnas_space::SearchSpace;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SearchError};
-use crate::evolution::{Evolution, EvolutionConfig};
-use crate::ppo::{Ppo, PpoConfig};
-use crate::random::RandomSearch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,24 +42,6 @@ pub trait Strategy: Send {
     /// Everything needed to continue (bytes; the store keeps them per step).
     fn save_state(&self) -> Result<Vec<u8>>;
     fn load_state(&mut self, bytes: &[u8]) -> Result<()>;
-}
-
-/// The settings of every strategy, so one JSON document (stored with the run) rebuilds any of them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StrategyConfig {
-    pub ppo: PpoConfig,
-    pub evolution: EvolutionConfig,
-}
-
-/// Builds a fresh strategy of `kind` over `space`; the same `(kind, config, seed)` always proposes
-/// the same models.
-pub fn build(kind: StrategyKind, space: &SearchSpace, config: &StrategyConfig, seed: u64) -> Result<Box<dyn Strategy>> {
-    Ok(match kind {
-        StrategyKind::Ppo => Box::new(Ppo::new(space, &config.ppo, seed)?),
-        StrategyKind::Random => Box::new(RandomSearch::new(space, seed)),
-        StrategyKind::Evolution => Box::new(Evolution::new(space, &config.evolution, seed)?),
-    })
 }
 
 /// Checks what `observe` receives before any strategy learns from it: a reward per proposal, every

@@ -5,11 +5,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use mnas_search::scheduler::{
+use mnas_search::search_loop::{
     AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search,
 };
 use mnas_search::store::RunStore;
-use mnas_search::strategy::{build, StrategyConfig};
+use mnas_search::strategies::{build, StrategyConfig};
 use mnas_search::{Constraint, Reward, StrategyKind, Trial, TrialStatus};
 use mnas_space::{Arch, SearchSpace};
 

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use mnas_search::strategy::{build, StrategyConfig};
+use mnas_search::strategies::{build, StrategyConfig};
 use mnas_search::{Constraint, Reward, SearchError, Strategy, StrategyKind};
 use mnas_space::{count, SearchSpace};
 

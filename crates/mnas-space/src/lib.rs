@@ -8,6 +8,7 @@ pub mod error;
 pub mod grammar;
 pub mod naming;
 pub mod space;
+pub mod timestamp;
 pub mod zoo;
 
 pub use arch::{Activation, Arch, Block, ConvOp, Layer, Residual, SkipOp};

@@ -4,8 +4,6 @@ pub mod bench;
 pub mod export;
 pub mod export_arch;
 pub mod latency;
-pub mod latency_remote;
-pub mod lut;
 pub mod pareto;
 pub mod proxy_args;
 pub mod report;

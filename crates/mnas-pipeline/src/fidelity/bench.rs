@@ -102,7 +102,8 @@ pub struct ProxyBench<'a> {
     pub seeds: usize,
     /// Where proxy runs are cached (one file per recipe); `None` keeps nothing.
     pub cache: Option<PathBuf>,
-    /// Compare on the architectures the reference has finished so far (while its job runs).
+    /// Compare on the architectures the reference has finished so far (while its job runs); the
+    /// proxy still runs, and caches, every architecture of the sample.
     pub partial: bool,
 }
 
@@ -203,7 +204,7 @@ impl ProxyBench<'_> {
             }
         }
         let seeds: Vec<u64> = (0..self.seeds as u64).map(|k| self.settings.seed + k).collect();
-        let total = refs.iter().filter(|x| x.is_some()).count() * seeds.len();
+        let total = sample.len() * seeds.len();
         let mut done = rows.iter().filter(|row| seeds.contains(&row.seed)).count();
         let mut warned = false;
         for &seed in &seeds {
@@ -213,7 +214,7 @@ impl ProxyBench<'_> {
                 settings: ProxySettings { seed, ..self.settings.clone() },
             };
             for s in &sample {
-                if refs[s.index].is_none() || rows.iter().any(|row| row.index == s.index && row.seed == seed) {
+                if rows.iter().any(|row| row.index == s.index && row.seed == seed) {
                     continue;
                 }
                 if !warned {

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use mnas_pipeline::ProxySettings;
-use mnas_search::strategy::StrategyConfig;
+use mnas_search::strategies::StrategyConfig;
 use mnas_search::{Constraint, StrategyKind};
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@ use mnas_latency::engine::EngineCommand;
 use mnas_latency::lut::Lut;
 use mnas_latency::pool::{AgentPool, PoolOptions};
 use mnas_latency::{measure_cached, Fingerprint, MeasureOptions, Measurement, Store};
-use mnas_search::scheduler::{LatencyEvaluator, LatencyResult};
+use mnas_search::search_loop::{LatencyEvaluator, LatencyResult};
 use mnas_space::Arch;
 
 use super::config::LatencySource;

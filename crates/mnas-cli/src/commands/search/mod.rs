@@ -12,16 +12,16 @@ use clap::{Args, ValueEnum};
 use mnas_pipeline::{ProxySettings, ProxyTrainer};
 use mnas_search::pareto::pareto_front;
 use mnas_search::report::{blocks_of, describe_constraint, write_report, ReportMeta, ReportRun};
-use mnas_search::scheduler::{deployed_arch, LatencyEvaluator, LatencyResult, LoopConfig, Search};
+use mnas_search::search_loop::{deployed_arch, LatencyEvaluator, LatencyResult, LoopConfig, Search};
 use mnas_search::store::{meta_keys, RunStore};
-use mnas_search::strategy::{build, StrategyConfig};
+use mnas_search::strategies::{build, StrategyConfig};
 use mnas_search::{Constraint, Reward, StrategyKind, TrialStatus};
 use mnas_space::SearchSpace;
 
 use self::config::{agree, LatencySource, RunConfig};
 use self::latency::DeviceLatency;
 use self::progress::SearchProgress;
-use super::latency::default_store;
+use super::latency::report::default_store;
 use super::proxy_args::{describe, ProxyArgs};
 
 pub const LONG_ABOUT: &str = "Search the MnasNet space for models that are accurate and fast on this device.\n\n\

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mnas_search::pareto::pareto_front;
-use mnas_search::scheduler::SearchObserver;
+use mnas_search::search_loop::SearchObserver;
 use mnas_search::{Trial, TrialStatus};
 use mnas_space::Arch;
 

@@ -12,7 +12,7 @@ use mnas_latency::lut_build::{self, LutOptions, LutProgress};
 use mnas_latency::{measure_cached_with, Lut, LutError, MeasureOptions, Store};
 use mnas_space::{Arch, SearchSpace};
 
-use super::latency::default_store;
+use super::report::default_store;
 use crate::spec::{resolve, ArchOverrides};
 use crate::table::thousands;
 

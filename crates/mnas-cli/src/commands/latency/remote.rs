@@ -13,8 +13,8 @@ use mnas_latency::pool::{key_on, AgentPool, PoolOptions};
 use mnas_latency::{MeasureOptions, Measurement, OrtEngine, Store};
 use mnas_space::Arch;
 
-use super::agent::{token, TOKEN_ENV};
-use super::latency::{default_store, print_report};
+use super::report::{default_store, print_report};
+use crate::commands::agent::{token, TOKEN_ENV};
 
 /// Default limit on an external command's run.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -1,4 +1,5 @@
-//! UTC timestamps without a date-time dependency.
+//! UTC timestamps without a date-time dependency: the time format of every record mnas keeps
+//! (trials, latency measurements).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

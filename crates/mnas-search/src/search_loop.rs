@@ -9,7 +9,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mnas_latency::timestamp::utc_now;
+use mnas_space::timestamp::utc_now;
 use mnas_space::{Arch, SearchSpace};
 use serde::{Deserialize, Serialize};
 
