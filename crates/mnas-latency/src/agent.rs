@@ -184,7 +184,7 @@ impl Shared {
                 tracing::info!(%peer, arch = %arch.canonical(), ?options, "measure request");
                 let response = match self.measure(&arch, &options) {
                     Ok(m) => {
-                        tracing::info!(%peer, median_ms = m.median_ms, "measured");
+                        tracing::info!(%peer, median_ms = m.stats.median_ms, "measured");
                         Response::Measured(m)
                     }
                     Err(message) => {

@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::fingerprint::Fingerprint;
 use crate::measure::{MeasureOptions, Measurement};
+use crate::stats::Stats;
 use crate::store::Key;
 use mnas_space::timestamp::utc_now;
 
@@ -137,13 +138,7 @@ impl EngineCommand {
             batch: opts.batch,
             threads: opts.threads,
             // One reported figure: no spread is known, so every statistic is that figure.
-            median_ms: ms,
-            p10_ms: ms,
-            p90_ms: ms,
-            mean_ms: ms,
-            min_ms: ms,
-            cv: 0.0,
-            runs: 1,
+            stats: Stats { median_ms: ms, p10_ms: ms, p90_ms: ms, mean_ms: ms, min_ms: ms, cv: 0.0, runs: 1 },
             warmup: 0,
             attempts: 1,
             stable: true,

@@ -80,12 +80,12 @@ pub fn measure_cached_on(
     arch.validate()?;
     if !opts.per_layer {
         if let Some(m) = store.get(&key_on(engine, arch, opts))? {
-            if m.runs >= opts.runs && m.stable {
-                tracing::info!(arch = %m.arch, median_ms = m.median_ms, "latency from the store");
+            if m.stats.runs >= opts.runs && m.stable {
+                tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
                 return Ok((m, true));
             }
             tracing::info!(
-                stored = m.runs,
+                stored = m.stats.runs,
                 wanted = opts.runs,
                 stable = m.stable,
                 "stored measurement not reusable; measuring again"
@@ -110,13 +110,15 @@ mod tests {
             resolution: arch.resolution,
             batch: opts.batch,
             threads: opts.threads,
-            median_ms: median,
-            p10_ms: median,
-            p90_ms: median,
-            mean_ms: median,
-            min_ms: median,
-            cv: 0.0,
-            runs: opts.runs,
+            stats: Stats {
+                median_ms: median,
+                p10_ms: median,
+                p90_ms: median,
+                mean_ms: median,
+                min_ms: median,
+                cv: 0.0,
+                runs: opts.runs,
+            },
             warmup: opts.warmup,
             attempts: 1,
             stable: true,
@@ -141,7 +143,7 @@ mod tests {
         let (second, cached) = measure_cached_with(&store, &arch, &opts, counted).unwrap();
         assert!(cached);
         assert_eq!(calls.get(), 1, "the second request must not measure");
-        assert_eq!(first.median_ms, second.median_ms);
+        assert_eq!(first.stats.median_ms, second.stats.median_ms);
         // Fewer runs asked: still cached. More runs, another resolution or thread count: measured.
         let fewer = MeasureOptions { runs: 3, ..opts.clone() };
         assert!(measure_cached_with(&store, &arch, &fewer, counted).unwrap().1);
@@ -165,7 +167,8 @@ mod tests {
         let calls = Cell::new(0);
         let shaky = |a: &Arch, o: &MeasureOptions| {
             calls.set(calls.get() + 1);
-            Ok(Measurement { stable: false, cv: 0.4, ..fake(a, o, 20.0) })
+            let m = fake(a, o, 20.0);
+            Ok(Measurement { stable: false, stats: Stats { cv: 0.4, ..m.stats }, ..m })
         };
         assert!(!measure_cached_with(&store, &arch, &opts, shaky).unwrap().1);
         assert_eq!(store.len().unwrap(), 1, "stored, marked unstable");
@@ -174,7 +177,7 @@ mod tests {
         let steady = |a: &Arch, o: &MeasureOptions| Ok(fake(a, o, 12.0));
         assert!(!measure_cached_with(&store, &arch, &opts, steady).unwrap().1);
         let (m, cached) = measure_cached_with(&store, &arch, &opts, |_, _| panic!("must be served")).unwrap();
-        assert!(cached && m.stable && m.median_ms == 12.0);
+        assert!(cached && m.stable && m.stats.median_ms == 12.0);
     }
 
     #[test]

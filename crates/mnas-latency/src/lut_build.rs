@@ -397,8 +397,8 @@ fn fit_overhead(
     for (i, arch) in archs.iter().enumerate() {
         let (layer_sum_ms, _) = lut.layer_sum(arch)?;
         let m = measure::measure(arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
-        tracing::debug!(arch = %m.arch, layer_sum_ms, measured_ms = m.median_ms, "fit point");
-        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: m.median_ms });
+        tracing::debug!(arch = %m.arch, layer_sum_ms, measured_ms = m.stats.median_ms, "fit point");
+        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: m.stats.median_ms });
         progress(LutProgress::Fit { done: i + 1, total });
     }
     OverheadFit::least_squares(points, opts.fit_seed, opts.fit_runs)

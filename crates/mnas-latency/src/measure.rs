@@ -108,14 +108,9 @@ pub struct Measurement {
     pub resolution: u32,
     pub batch: usize,
     pub threads: usize,
-    pub median_ms: f64,
-    pub p10_ms: f64,
-    pub p90_ms: f64,
-    pub mean_ms: f64,
-    pub min_ms: f64,
-    pub cv: f64,
-    /// Timed runs behind these statistics.
-    pub runs: usize,
+    /// Median, p10, p90, mean, min, CV and the timed runs behind them (flattened in JSON).
+    #[serde(flatten)]
+    pub stats: Stats,
     pub warmup: usize,
     /// Attempts it took (1 + re-measurements).
     pub attempts: usize,
@@ -240,13 +235,7 @@ pub fn measure_on(
         resolution: arch.resolution,
         batch: opts.batch,
         threads: opts.threads,
-        median_ms: kept.median_ms,
-        p10_ms: kept.p10_ms,
-        p90_ms: kept.p90_ms,
-        mean_ms: kept.mean_ms,
-        min_ms: kept.min_ms,
-        cv: kept.cv,
-        runs: kept.runs,
+        stats: kept,
         warmup: opts.warmup,
         attempts,
         stable,
@@ -383,8 +372,11 @@ mod tests {
         let opts = MeasureOptions { runs: 4, warmup: 1, per_layer: true, max_cv: 10.0, ..Default::default() };
         let seen = std::sync::Mutex::new(Vec::new());
         let m = measure(&arch, &opts, &|p| seen.lock().unwrap().push(p)).unwrap();
-        assert!(m.median_ms > 0.0 && m.p10_ms <= m.median_ms && m.median_ms <= m.p90_ms, "{m:?}");
-        assert_eq!((m.runs, m.attempts, m.stable, m.threads), (4, 1, true, 1));
+        assert!(
+            m.stats.median_ms > 0.0 && m.stats.p10_ms <= m.stats.median_ms && m.stats.median_ms <= m.stats.p90_ms,
+            "{m:?}"
+        );
+        assert_eq!((m.stats.runs, m.attempts, m.stable, m.threads), (4, 1, true, 1));
         assert_eq!(m.fingerprint.cores.len(), 1);
         assert_eq!(m.arch, arch.canonical());
         let layers = m.per_layer.unwrap();

@@ -403,8 +403,8 @@ fn check_measurement(m: &Measurement, arch: &Arch, opts: &MeasureOptions) -> Res
     if m.arch != arch.canonical() || m.batch != opts.batch || m.threads != opts.threads {
         return Err(format!("answered for another request ({} batch {} threads {})", m.arch, m.batch, m.threads));
     }
-    if !(m.median_ms.is_finite() && m.median_ms > 0.0) {
-        return Err(format!("answered an impossible latency {} ms", m.median_ms));
+    if !(m.stats.median_ms.is_finite() && m.stats.median_ms > 0.0) {
+        return Err(format!("answered an impossible latency {} ms", m.stats.median_ms));
     }
     Ok(())
 }

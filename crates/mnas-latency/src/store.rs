@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use crate::error::{LatencyError, Result};
 use crate::fingerprint::Fingerprint;
 use crate::measure::{MeasureOptions, Measurement};
+use crate::stats::Stats;
 use mnas_space::Arch;
 
 /// Schema version in `PRAGMA user_version`.
@@ -179,13 +180,15 @@ impl Store {
             resolution: key.resolution,
             batch: key.batch,
             threads: key.threads,
-            median_ms: median,
-            p10_ms: p10,
-            p90_ms: p90,
-            mean_ms: mean,
-            min_ms: min,
-            cv,
-            runs: count(runs),
+            stats: Stats {
+                median_ms: median,
+                p10_ms: p10,
+                p90_ms: p90,
+                mean_ms: mean,
+                min_ms: min,
+                cv,
+                runs: count(runs),
+            },
             warmup: count(warmup),
             attempts: count(attempts),
             stable: stable != 0,
@@ -213,13 +216,13 @@ impl Store {
                     key.threads as i64,
                     key.fingerprint,
                     key.engine,
-                    m.median_ms,
-                    m.p10_ms,
-                    m.p90_ms,
-                    m.mean_ms,
-                    m.min_ms,
-                    m.cv,
-                    m.runs as i64,
+                    m.stats.median_ms,
+                    m.stats.p10_ms,
+                    m.stats.p90_ms,
+                    m.stats.mean_ms,
+                    m.stats.min_ms,
+                    m.stats.cv,
+                    m.stats.runs as i64,
                     m.warmup as i64,
                     m.attempts as i64,
                     m.stable,
@@ -265,13 +268,15 @@ mod tests {
             resolution: 64,
             batch: 1,
             threads: 1,
-            median_ms: median,
-            p10_ms: median * 0.9,
-            p90_ms: median * 1.2,
-            mean_ms: median,
-            min_ms: median * 0.8,
-            cv: 0.05,
-            runs: 10,
+            stats: Stats {
+                median_ms: median,
+                p10_ms: median * 0.9,
+                p90_ms: median * 1.2,
+                mean_ms: median,
+                min_ms: median * 0.8,
+                cv: 0.05,
+                runs: 10,
+            },
             warmup: 2,
             attempts: 1,
             stable: true,
@@ -306,10 +311,10 @@ mod tests {
         other_threads.threads = 2;
         other_threads.fingerprint.threads = 2;
         assert!(store.get(&Key::of(&other_threads)).unwrap().is_none());
-        let newer = Measurement { median_ms: 4.0, ..m.clone() };
+        let newer = Measurement { stats: Stats { median_ms: 4.0, ..m.stats }, ..m.clone() };
         store.put(&newer).unwrap();
         assert_eq!(store.len().unwrap(), 1);
-        assert_eq!(store.get(&Key::of(&m)).unwrap().map(|g| g.median_ms), Some(4.0));
+        assert_eq!(store.get(&Key::of(&m)).unwrap().map(|g| g.stats.median_ms), Some(4.0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -122,13 +122,13 @@ fn prediction_is_near_the_measurement_of_a_held_out_arch() {
     let (_, arch) = small_space().sample(12345, 1).remove(0);
     let predicted = lut.predict(&arch).expect("in the space");
     let m = measure_arch(&arch, &MeasureOptions { runs: 15, warmup: 3, ..Default::default() }).expect("measures");
-    let ratio = predicted / m.median_ms;
+    let ratio = predicted / m.stats.median_ms;
     // Loose: a shared 2-core machine is noisy, but a table that is off by 2x is broken.
     assert!(
         (0.5..2.0).contains(&ratio),
         "predicted {predicted:.3} ms, measured {:.3} ms (CV {:.3}); fit {fit:?}",
-        m.median_ms,
-        m.cv
+        m.stats.median_ms,
+        m.stats.cv
     );
     // The prediction is the fit applied to the sum of the arch's stage entries.
     let (sum, stages) = lut.layer_sum(&arch).unwrap();

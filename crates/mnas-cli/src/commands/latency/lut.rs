@@ -420,8 +420,8 @@ fn report(args: ReportArgs) -> Result<()> {
             arch: arch.canonical(),
             predicted,
             layer_sum,
-            measured: m.median_ms,
-            cv: m.cv,
+            measured: m.stats.median_ms,
+            cv: m.stats.cv,
             macs,
             predict_us,
         });

@@ -166,7 +166,7 @@ fn lookup(
     for (agent, fingerprint) in pool.fingerprints() {
         match fingerprint {
             Ok(fp) => {
-                if let Some(m) = store.get(&key_on(&fp, arch, opts))?.filter(|m| m.runs >= opts.runs) {
+                if let Some(m) = store.get(&key_on(&fp, arch, opts))?.filter(|m| m.stats.runs >= opts.runs) {
                     tracing::info!(%agent, "latency from the store");
                     return Ok(Some((m, agent)));
                 }
@@ -224,7 +224,7 @@ fn print_engine_report(m: &Measurement, cached: bool, store: Option<&str>) {
     println!(
         "{name} at {r}x{r}, batch {}: {:.3} ms as reported by the engine command{}",
         m.batch,
-        m.median_ms,
+        m.stats.median_ms,
         if cached { " (cached)" } else { "" },
         r = m.resolution
     );

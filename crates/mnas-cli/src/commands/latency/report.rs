@@ -20,10 +20,10 @@ pub(crate) fn print_report(m: &Measurement, cached: bool, store: Option<&str>, o
     println!(
         "{name} at {r}x{r}, batch {}, {threads}: median {:.2} ms (p10 {:.2}, p90 {:.2}, CV {:.3}){}",
         m.batch,
-        m.median_ms,
-        m.p10_ms,
-        m.p90_ms,
-        m.cv,
+        m.stats.median_ms,
+        m.stats.p10_ms,
+        m.stats.p90_ms,
+        m.stats.cv,
         if cached { " (cached)" } else { "" },
         r = m.resolution,
     );
@@ -31,13 +31,13 @@ pub(crate) fn print_report(m: &Measurement, cached: bool, store: Option<&str>, o
     if m.stable {
         println!(
             "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms",
-            m.runs, m.warmup, m.min_ms, m.mean_ms
+            m.stats.runs, m.warmup, m.stats.min_ms, m.stats.mean_ms
         );
     } else {
         println!(
             "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms; UNSTABLE: CV {:.3} stayed above \
              {:.3} (a busy machine?); the median is the best estimate",
-            m.runs, m.warmup, m.min_ms, m.mean_ms, m.cv, opts.max_cv
+            m.stats.runs, m.warmup, m.stats.min_ms, m.stats.mean_ms, m.stats.cv, opts.max_cv
         );
     }
     println!("device: {}", m.fingerprint.summary());

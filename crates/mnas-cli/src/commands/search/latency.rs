@@ -141,7 +141,7 @@ impl LatencyEvaluator for DeviceLatency {
                 .map_err(|e| e.to_string()),
             _ => self.measure(arch).map(|m| {
                 let fingerprint = serde_json::to_value(&m.fingerprint).unwrap_or(serde_json::Value::Null);
-                (m.median_ms, fingerprint)
+                (m.stats.median_ms, fingerprint)
             }),
         }));
         match run {
