@@ -218,7 +218,7 @@ fn search_measures_latency_through_an_agent_and_through_a_lookup_table() {
     assert_eq!(trials.len(), 2);
     for t in &trials {
         assert_eq!(t.status, TrialStatus::Ok, "{t:?}");
-        assert!(t.fingerprint.as_ref().unwrap()["engine"].as_str().unwrap().contains("burn"), "{t:?}");
+        assert_eq!(t.fingerprint.as_ref().unwrap()["engine"].as_str(), Some("mnas-engine"), "{t:?}");
     }
     // Wrong token: the search records nothing and says why in one line.
     let bad_run = dir.join("bad");

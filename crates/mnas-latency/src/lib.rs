@@ -21,6 +21,7 @@ pub mod ort_engine;
 pub mod pin;
 pub mod pool;
 pub mod protocol;
+pub mod source;
 pub mod stats;
 pub mod store;
 
@@ -31,6 +32,7 @@ pub use fingerprint::{Fingerprint, ENGINE, ENGINE_VERSION};
 pub use lut::{Lut, LutError};
 pub use measure::{measure_on, BuiltIn, LocalEngine, MeasureOptions, Measurement, Progress, StageTime};
 pub use ort_engine::OrtEngine;
+pub use source::{LatencySource, SourceError};
 pub use stats::Stats;
 pub use store::{Key, Store};
 

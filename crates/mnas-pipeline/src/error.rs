@@ -20,6 +20,18 @@ pub enum PipelineError {
     Reference { path: PathBuf, reason: String },
     #[error("invalid benchmark setting: {0}")]
     Bench(String),
+    #[error(transparent)]
+    Measure(#[from] mnas_latency::LatencyError),
+    #[error("latency device: {0}")]
+    Latency(String),
+    #[error(transparent)]
+    Search(#[from] mnas_search::SearchError),
+    /// A setting given to a resumed search that differs from the stored one.
+    #[error("the {setting} {given} contradicts this run's stored setting {stored}; a resumed search keeps its settings (start a new run to change them)")]
+    Contradicts { setting: &'static str, given: String, stored: String },
+    /// A search setting out of range, or a run that cannot start.
+    #[error("{0}")]
+    Run(String),
 }
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

@@ -4,7 +4,19 @@
 
 pub mod error;
 pub mod fidelity;
+pub mod latency;
 pub mod proxy;
+pub mod search_run;
 
 pub use error::{PipelineError, Result};
 pub use proxy::{ProxySettings, ProxyTrainer, Score};
+
+/// The message of a panic payload: a panic inside a kernel or an engine is a failed trial, not
+/// the end of a search.
+pub fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}

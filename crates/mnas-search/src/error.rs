@@ -12,6 +12,9 @@ pub enum SearchError {
     Run { dir: String, message: String },
     #[error("strategy state: {0}")]
     State(String),
+    /// A strategy failed (an error or a panic inside it); the trials so far are stored.
+    #[error("{0}")]
+    Strategy(String),
     #[error(transparent)]
     Space(#[from] mnas_space::SpaceError),
     #[error(transparent)]

@@ -113,8 +113,10 @@ impl Strategy for Evolution {
     fn propose(&mut self, n: usize) -> Result<Vec<Vec<usize>>> {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            // Proposals of this step that are not yet observed count towards filling the population.
-            if self.population.len() + i < self.cfg.population {
+            // Proposals of this step that are not yet observed count towards filling the population;
+            // mutation needs at least one observed member (a first step larger than the
+            // population samples all of its models).
+            if self.population.len() + i < self.cfg.population || self.population.is_empty() {
                 out.push(self.space.sample_tokens(&mut self.rng));
             } else {
                 out.push(self.mutate());

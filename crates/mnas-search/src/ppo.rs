@@ -167,11 +167,14 @@ impl Ppo {
     }
 
     /// Advantages of this step's rewards; moves the baseline (initialised from the first step's
-    /// mean) and the advantage scale afterwards.
+    /// mean) and the advantage scale afterwards. With several models per step the advantages are
+    /// centred on the step's mean: a step whose rewards are all low (a bad batch, a slow device)
+    /// then still ranks its models against each other instead of pushing every sequence down.
     fn advantages(&mut self, rewards: &[f64]) -> Vec<f64> {
         let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
         let baseline = *self.baseline.get_or_insert(mean);
-        let raw: Vec<f64> = rewards.iter().map(|r| r - baseline).collect();
+        let centre = if rewards.len() >= 2 { mean } else { baseline };
+        let raw: Vec<f64> = rewards.iter().map(|r| r - centre).collect();
         let rms = (raw.iter().map(|a| a * a).sum::<f64>() / raw.len() as f64).sqrt();
         let d = self.cfg.baseline_decay;
         self.baseline = Some(d * baseline + (1.0 - d) * mean);

@@ -24,15 +24,26 @@ use crate::trial::{Trial, TrialStatus};
 pub enum AccuracyResult {
     /// Held-out top-1 in [0, 1].
     Ok(f64),
-    /// Diverged (NaN/inf loss), failed to build, ...: recorded with the reason.
+    /// The model itself failed (diverged, NaN/inf loss, failed to build): a failed trial with the
+    /// worst reward, which the strategy learns from.
     Failed(String),
+    /// The infrastructure failed (worker lost, broker down, timeout): says nothing about the
+    /// model. Retried once; then the trial is recorded with the reason and left out of the
+    /// strategy's update.
+    Unavailable(String),
 }
 
 /// What measuring one model on the device gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LatencyResult {
-    Ok { median_ms: f64, fingerprint: serde_json::Value },
+    Ok {
+        median_ms: f64,
+        fingerprint: serde_json::Value,
+    },
+    /// The model cannot be measured on the device.
     Failed(String),
+    /// The device or the way to it failed (see [`AccuracyResult::Unavailable`]).
+    Unavailable(String),
 }
 
 /// Proxy training: the accuracy signal. Deterministic: the evaluator owns its seed (the same for
@@ -130,8 +141,26 @@ pub fn deployed_arch(space: &SearchSpace, config: &LoopConfig, tokens: &[usize])
     Ok(arch)
 }
 
+/// A result that stands: a success, or a failure of the model itself (it would fail again). An
+/// unavailable device or worker is worth another try.
 fn reusable(trial: &Trial) -> bool {
-    trial.status == TrialStatus::Ok || trial.latency_ms.is_some()
+    trial.status != TrialStatus::Unavailable
+}
+
+/// Runs a strategy call, turning a panic inside it into an error: a strategy must never take the
+/// search down (its trials are already stored; the error line says what happened).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let reason = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            Err(SearchError::Strategy(format!("the strategy failed to {what}: {reason}")))
+        }
+    }
 }
 
 impl Search<'_> {
@@ -162,12 +191,21 @@ impl Search<'_> {
             }
             let step_started = Instant::now();
             observer.on_step_start(step, total_steps);
-            let proposals = self.strategy.propose(self.config.models_per_step)?;
+            let n = self.config.models_per_step;
+            let proposals = guarded("propose models", || self.strategy.propose(n))?;
             let (trials, ran) = self.run_step(step, &proposals, total_trials, observer)?;
             trials_run += ran;
-            let rewards: Vec<f64> = trials.iter().map(|t| t.reward).collect();
-            self.strategy.observe(&proposals, &rewards)?;
-            self.store.put_strategy_state(step, &self.strategy.save_state()?)?;
+            // Trials the infrastructure failed say nothing about their models: the strategy
+            // learns from the others only.
+            let (seen, rewards): (Vec<Vec<usize>>, Vec<f64>) = trials
+                .iter()
+                .filter(|t| t.status != TrialStatus::Unavailable)
+                .map(|t| (t.tokens.clone(), t.reward))
+                .unzip();
+            if !seen.is_empty() {
+                guarded("learn from the step", || self.strategy.observe(&seen, &rewards))?;
+            }
+            self.store.put_strategy_state(step, &guarded("save its state", || self.strategy.save_state())?)?;
             observer.on_step_end(step, &rewards);
             last_step_time = step_started.elapsed();
             step += 1;
@@ -275,7 +313,11 @@ impl Search<'_> {
             for (i, arch) in pending {
                 observer.on_trial_start(step, *i as u64, arch);
                 let t = Instant::now();
-                let accuracy = self.accuracy.accuracy(arch);
+                let mut accuracy = self.accuracy.accuracy(arch);
+                if let AccuracyResult::Unavailable(reason) = &accuracy {
+                    tracing::warn!(step, index = i, %reason, "training unavailable; trying once more");
+                    accuracy = self.accuracy.accuracy(arch);
+                }
                 let train_seconds = t.elapsed().as_secs_f64();
                 let (latency, latency_seconds) = if exclusive {
                     let t = Instant::now();
@@ -291,6 +333,15 @@ impl Search<'_> {
                         })?;
                         latencies[j] = Some((r, s));
                     }
+                };
+                let (latency, latency_seconds) = match latency {
+                    LatencyResult::Unavailable(reason) => {
+                        tracing::warn!(step, index = i, %reason, "latency unavailable; measuring once more");
+                        let t = Instant::now();
+                        let again = self.latency.latency(arch);
+                        (again, latency_seconds + t.elapsed().as_secs_f64())
+                    }
+                    done => (done, latency_seconds),
                 };
                 let trial = self.finish(
                     step,
@@ -343,9 +394,14 @@ impl Search<'_> {
             finished_at: utc_now(),
         };
         let mut reasons = Vec::new();
+        let mut unavailable = false;
         match accuracy {
             AccuracyResult::Ok(a) => trial.accuracy = Some(a),
             AccuracyResult::Failed(r) => reasons.push(format!("training: {r}")),
+            AccuracyResult::Unavailable(r) => {
+                unavailable = true;
+                reasons.push(format!("training unavailable: {r}"));
+            }
         }
         match latency {
             LatencyResult::Ok { median_ms, fingerprint } => {
@@ -353,11 +409,21 @@ impl Search<'_> {
                 trial.fingerprint = Some(fingerprint);
             }
             LatencyResult::Failed(r) => reasons.push(format!("latency: {r}")),
+            LatencyResult::Unavailable(r) => {
+                unavailable = true;
+                reasons.push(format!("latency unavailable: {r}"));
+            }
         }
         if let (Some(a), Some(l)) = (trial.accuracy, trial.latency_ms) {
             trial.reward = self.reward.of(a, l);
             trial.status = TrialStatus::Ok;
         } else {
+            // A model that failed by itself is a failed trial even if the infrastructure also
+            // failed: it would fail again.
+            let model_failed = reasons.iter().any(|r| r.starts_with("training: ") || r.starts_with("latency: "));
+            if unavailable && !model_failed {
+                trial.status = TrialStatus::Unavailable;
+            }
             trial.reason = Some(reasons.join("; "));
         }
         trial

@@ -7,9 +7,13 @@ use serde::{Deserialize, Serialize};
 pub enum TrialStatus {
     /// Trained and measured; `accuracy`, `latency_ms` and `reward` are real.
     Ok,
-    /// Training diverged, the arch failed to build, or the device was lost; `reason` says which.
-    /// The reward is [`crate::reward::FAILED_REWARD`].
+    /// Training diverged, the arch failed to build, or the device cannot run it; `reason` says
+    /// which. The reward is [`crate::reward::FAILED_REWARD`], and the strategy learns from it.
     Failed,
+    /// The infrastructure failed (worker lost, device unreachable, broker down) even after a retry:
+    /// recorded with the reason, left out of the strategy's update, and tried again when the arch
+    /// comes back.
+    Unavailable,
 }
 
 impl TrialStatus {
@@ -17,6 +21,7 @@ impl TrialStatus {
         match self {
             TrialStatus::Ok => "ok",
             TrialStatus::Failed => "failed",
+            TrialStatus::Unavailable => "unavailable",
         }
     }
 }

@@ -55,6 +55,9 @@ fn describe(t: &Trial) -> String {
             if t.reused { " (seen before)" } else { "" }
         ),
         TrialStatus::Failed => format!("FAILED: {}", t.reason.as_deref().unwrap_or("no reason recorded")),
+        TrialStatus::Unavailable => {
+            format!("UNAVAILABLE (left out of the update): {}", t.reason.as_deref().unwrap_or("no reason recorded"))
+        }
     }
 }
 
