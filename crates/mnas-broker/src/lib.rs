@@ -13,7 +13,8 @@ pub mod test_server;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::{Connection, Value};
+pub use redis::Connection;
+use redis::Value;
 
 /// Redis 6.2 brought XAUTOCLAIM.
 const MIN_VERSION: (u32, u32) = (6, 2);
@@ -64,6 +65,7 @@ fn redact(url: &str) -> String {
 }
 
 /// A connected broker.
+#[derive(Clone)]
 pub struct Broker {
     client: redis::Client,
     label: String,

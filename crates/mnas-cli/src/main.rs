@@ -66,6 +66,9 @@ enum Command {
     /// Benchmarks: training speed against PyTorch, proxy fidelity against reference trainings.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Train the trials of searches that dispatch to a broker (`mnas search --broker`).
+    #[command(long_about = commands::worker::LONG_ABOUT)]
+    Worker(commands::worker::WorkerArgs),
     /// Serve latency measurements of this machine to `mnas latency --device` elsewhere.
     #[command(long_about = commands::agent::LONG_ABOUT)]
     Agent(commands::agent::AgentArgs),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Export(cmd) => commands::export::run(cmd),
         Command::Latency(args) => commands::latency::run(args),
         Command::Agent(args) => commands::agent::run(args),
+        Command::Worker(args) => commands::worker::run(args),
         Command::Search(args) => commands::search::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Pareto(args) => commands::pareto::run(args),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::assert_error;
 use mnas_pipeline::{ProxySettings, ProxyTrainer};
-use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult};
+use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult, TrialKey};
 use mnas_search::store::RunStore;
 use mnas_search::TrialStatus;
 use mnas_space::SearchSpace;
@@ -122,7 +122,8 @@ fn kill_9_mid_search_then_resume_loses_and_repeats_nothing() {
     }
     let first = &after[0];
     let arch = SearchSpace::default().decode(&first.tokens).unwrap();
-    assert_eq!(trainer.accuracy(&arch), AccuracyResult::Ok(first.accuracy.unwrap()));
+    let key = TrialKey { step: 0, index: 0, attempt: 0 };
+    assert_eq!(trainer.accuracy(key, &arch), AccuracyResult::Ok(first.accuracy.unwrap()));
     // The run ends with its report.
     let stdout = String::from_utf8_lossy(&resumed.stdout);
     assert!(run.join("report.html").is_file(), "{stdout}");

@@ -29,6 +29,8 @@ pub enum PipelineError {
     /// A setting given to a resumed search that differs from the stored one.
     #[error("the {setting} {given} contradicts this run's stored setting {stored}; a resumed search keeps its settings (start a new run to change them)")]
     Contradicts { setting: &'static str, given: String, stored: String },
+    #[error("{0}")]
+    Broker(String),
     /// A search setting out of range, or a run that cannot start.
     #[error("{0}")]
     Run(String),

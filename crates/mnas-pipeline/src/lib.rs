@@ -2,11 +2,13 @@
 //! library that `mnas search`, workers and benchmarks share, and the proxy fidelity benchmark
 //! that judges a proxy recipe against long reference trainings.
 
+pub mod distributed;
 pub mod error;
 pub mod fidelity;
 pub mod latency;
 pub mod proxy;
 pub mod search_run;
+pub mod worker;
 
 pub use error::{PipelineError, Result};
 pub use proxy::{ProxySettings, ProxyTrainer, Score};

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use mnas_data::{DataSpec, Source, Splits};
 use mnas_engine::train::{train, Decay, Optimizer, Progress, RunResult, RunStatus, SgdRecipe};
 use mnas_engine::{Net, NetOptions};
-use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult};
+use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult, TrialKey};
 use mnas_space::arch::conv_out;
 use mnas_space::Arch;
 use rand::seq::SliceRandom;
@@ -250,7 +250,7 @@ impl ProxyTrainer {
 }
 
 impl AccuracyEvaluator for ProxyTrainer {
-    fn accuracy(&self, arch: &Arch) -> AccuracyResult {
+    fn accuracy(&self, _key: TrialKey, arch: &Arch) -> AccuracyResult {
         match self.run(arch, &mut |_| true) {
             Ok(r) => match r.status {
                 RunStatus::Completed => AccuracyResult::Ok(r.val_top1),

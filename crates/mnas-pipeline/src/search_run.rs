@@ -16,6 +16,7 @@ use mnas_search::{Constraint, Reward, StrategyKind, Trial};
 use mnas_space::SearchSpace;
 use serde::{Deserialize, Serialize};
 
+use crate::distributed::BrokerTrainer;
 use crate::error::{PipelineError, Result};
 use crate::latency::{LatencyAccess, LatencySpec, SearchLatency};
 use crate::proxy::{ProxySettings, ProxyTrainer};
@@ -38,6 +39,13 @@ pub struct RunConfig {
     pub num_classes: u32,
     pub proxy: ProxySettings,
     pub latency: LatencySpec,
+    /// Unique name of the run on a broker (its result log); empty for runs made before it.
+    #[serde(default)]
+    pub run_id: String,
+    /// Whether trials go to workers through a broker (the URL is given on every start: it may
+    /// hold a password).
+    #[serde(default)]
+    pub distributed: bool,
 }
 
 /// What a user asked for. `None` keeps the default (new run) or the stored value (resume).
@@ -54,6 +62,8 @@ pub struct SearchRequest<'a> {
     pub proxy: &'a dyn Fn(&ProxySettings) -> ProxySettings,
     pub latency: Option<LatencySpec>,
     pub access: LatencyAccess,
+    /// Dispatch trials to workers through this broker instead of training here.
+    pub broker: Option<String>,
 }
 
 /// The default search's proxy recipe.
@@ -72,6 +82,30 @@ pub struct PreparedRun {
     pub config: RunConfig,
     pub latency: SearchLatency,
     pub trainer: ProxyTrainer,
+    /// The workers' side when trials go through a broker.
+    pub workers: Option<BrokerTrainer>,
+}
+
+/// A run id unique enough for a broker shared by many searches: time and process.
+fn new_run_id() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    format!("{:016x}", nanos ^ ((std::process::id() as u64) << 40))
+}
+
+fn open_workers(req: &SearchRequest<'_>, config: &RunConfig, trainer: &ProxyTrainer) -> Result<Option<BrokerTrainer>> {
+    match (&req.broker, config.distributed) {
+        (Some(url), true) => {
+            Ok(Some(BrokerTrainer::new(url, &config.run_id, config.proxy.clone(), trainer.data_hash)?))
+        }
+        (None, true) => Err(PipelineError::Run(
+            "this run dispatches its trials to workers: give the broker URL again to continue it".into(),
+        )),
+        (Some(_), false) => Err(PipelineError::Run(
+            "this run trains its trials here; it cannot switch to workers (start a new run with the broker)".into(),
+        )),
+        (None, false) => Ok(None),
+    }
 }
 
 /// What a preparation says while it works (the target measurement takes a while).
@@ -162,9 +196,12 @@ impl PreparedRun {
             num_classes: classes,
             proxy,
             latency: spec,
+            run_id: new_run_id(),
+            distributed: req.broker.is_some(),
         };
+        let workers = open_workers(req, &config, &trainer)?;
         let store = RunStore::create(dir, &serde_json::to_value(&config).map_err(mnas_search::SearchError::from)?)?;
-        Ok(PreparedRun { dir: dir.to_path_buf(), store, config, latency, trainer })
+        Ok(PreparedRun { dir: dir.to_path_buf(), store, config, latency, trainer, workers })
     }
 
     /// The run in `dir`, with its stored settings; a setting given again must agree with them.
@@ -192,7 +229,8 @@ impl PreparedRun {
         let latency = SearchLatency(config.latency.open(&req.access)?);
         let trainer = ProxyTrainer::new(config.proxy.clone())?;
         observer.on_proxy_ready(&trainer);
-        Ok(PreparedRun { dir: dir.to_path_buf(), store, config, latency, trainer })
+        let workers = open_workers(req, &config, &trainer)?;
+        Ok(PreparedRun { dir: dir.to_path_buf(), store, config, latency, trainer, workers })
     }
 
     pub fn loop_config(&self) -> LoopConfig {
@@ -229,7 +267,10 @@ impl PreparedRun {
             strategy: strategy.as_mut(),
             config: &loop_config,
             reward: Reward::new(self.config.target_ms, self.config.constraint)?,
-            accuracy: &self.trainer,
+            accuracy: match &self.workers {
+                Some(w) => w,
+                None => &self.trainer,
+            },
             latency: &self.latency,
             time_budget,
         };

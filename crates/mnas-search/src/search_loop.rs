@@ -46,11 +46,34 @@ pub enum LatencyResult {
     Unavailable(String),
 }
 
+/// Which trial an evaluation belongs to: its step and index, and the attempt (0, then 1 for the
+/// retry after an unavailable result). Distributed evaluators key their results by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrialKey {
+    pub step: u64,
+    pub index: u64,
+    pub attempt: u32,
+}
+
 /// Proxy training: the accuracy signal. Deterministic: the evaluator owns its seed (the same for
 /// every trial, so that trials differ by their architectures only), and a re-run of a trial
 /// trains the same way.
 pub trait AccuracyEvaluator: Sync {
-    fn accuracy(&self, arch: &Arch) -> AccuracyResult;
+    fn accuracy(&self, key: TrialKey, arch: &Arch) -> AccuracyResult;
+
+    /// Several trials of one step; `done` is called as each finishes, in any order. Evaluators
+    /// that can train in parallel (workers) dispatch them all at once.
+    fn accuracy_all(&self, trials: &[(TrialKey, Arch)], done: &mut dyn FnMut(TrialKey, AccuracyResult)) {
+        for (key, arch) in trials {
+            done(*key, self.accuracy(*key, arch));
+        }
+    }
+
+    /// Whether training runs on this machine's cores (then a latency measurement on them must
+    /// wait for it).
+    fn trains_here(&self) -> bool {
+        true
+    }
 }
 
 /// The device: the latency signal, at the deployment resolution.
@@ -293,7 +316,8 @@ impl Search<'_> {
         if pending.is_empty() {
             return Ok(());
         }
-        let exclusive = self.latency.shares_cores_with_training();
+        // Measuring on this machine's cores while this machine trains would time a busy core.
+        let exclusive = self.latency.shares_cores_with_training() && self.accuracy.trains_here();
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = mpsc::channel::<(usize, LatencyResult, f64)>();
             if !exclusive {
@@ -310,28 +334,52 @@ impl Search<'_> {
                 });
             }
             let mut latencies: Vec<Option<(LatencyResult, f64)>> = vec![None; proposals.len()];
+            let keyed: Vec<(TrialKey, Arch)> = pending
+                .iter()
+                .map(|(i, arch)| (TrialKey { step, index: *i as u64, attempt: 0 }, arch.clone()))
+                .collect();
             for (i, arch) in pending {
                 observer.on_trial_start(step, *i as u64, arch);
-                let t = Instant::now();
-                let mut accuracy = self.accuracy.accuracy(arch);
+            }
+            // Training time of a trial: since the previous trial was recorded (with parallel
+            // trainers, the wait for this result).
+            let mut since = Instant::now();
+            let mut failure: Option<SearchError> = None;
+            let mut on_done = |key: TrialKey, mut accuracy: AccuracyResult| {
+                if failure.is_some() {
+                    return;
+                }
+                let i = key.index as usize;
+                let arch = &pending.iter().find(|(j, _)| *j == i).expect("a pending trial").1;
                 if let AccuracyResult::Unavailable(reason) = &accuracy {
                     tracing::warn!(step, index = i, %reason, "training unavailable; trying once more");
-                    accuracy = self.accuracy.accuracy(arch);
+                    accuracy = self.accuracy.accuracy(TrialKey { attempt: 1, ..key }, arch);
                 }
-                let train_seconds = t.elapsed().as_secs_f64();
-                let (latency, latency_seconds) = if exclusive {
+                let train_seconds = since.elapsed().as_secs_f64();
+                let measured = if exclusive {
                     let t = Instant::now();
                     let r = self.latency.latency(arch);
-                    (r, t.elapsed().as_secs_f64())
+                    Ok((r, t.elapsed().as_secs_f64()))
                 } else {
                     loop {
-                        if let Some(done) = latencies[*i].take() {
-                            break done;
+                        if let Some(done) = latencies[i].take() {
+                            break Ok(done);
                         }
-                        let (j, r, s) = rx.recv().map_err(|_| {
-                            SearchError::State("the latency worker stopped before measuring every model".into())
-                        })?;
-                        latencies[j] = Some((r, s));
+                        match rx.recv() {
+                            Ok((j, r, s)) => latencies[j] = Some((r, s)),
+                            Err(_) => {
+                                break Err(SearchError::State(
+                                    "the latency worker stopped before measuring every model".into(),
+                                ))
+                            }
+                        }
+                    }
+                };
+                let (latency, latency_seconds) = match measured {
+                    Ok(m) => m,
+                    Err(e) => {
+                        failure = Some(e);
+                        return;
                     }
                 };
                 let (latency, latency_seconds) = match latency {
@@ -343,19 +391,25 @@ impl Search<'_> {
                     }
                     done => (done, latency_seconds),
                 };
-                let trial = self.finish(
-                    step,
-                    *i as u64,
-                    &proposals[*i],
-                    arch,
-                    accuracy,
-                    latency,
-                    train_seconds,
-                    latency_seconds,
-                );
-                self.store.put_trial(&trial)?;
-                observer.on_trial(&trial, self.store.trials()?.len(), total_trials);
-                slots[*i] = Some(trial);
+                let trial =
+                    self.finish(step, i as u64, &proposals[i], arch, accuracy, latency, train_seconds, latency_seconds);
+                let stored = self.store.put_trial(&trial).and_then(|()| self.store.trials());
+                match stored {
+                    Ok(all) => observer.on_trial(&trial, all.len(), total_trials),
+                    Err(e) => {
+                        failure = Some(e);
+                        return;
+                    }
+                }
+                slots[i] = Some(trial);
+                since = Instant::now();
+            };
+            self.accuracy.accuracy_all(&keyed, &mut on_done);
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if let Some(i) = pending.iter().map(|(i, _)| *i).find(|&i| slots[i].is_none()) {
+                return Err(SearchError::State(format!("trial {step}.{i}: the trainer returned no result for it")));
             }
             Ok(())
         })

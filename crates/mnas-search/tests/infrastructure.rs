@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use mnas_search::search_loop::{
-    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search,
+    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search, TrialKey,
 };
 use mnas_search::store::RunStore;
 use mnas_search::strategies::{build, StrategyConfig};
@@ -50,7 +50,7 @@ struct Flaky {
 }
 
 impl AccuracyEvaluator for Flaky {
-    fn accuracy(&self, arch: &Arch) -> AccuracyResult {
+    fn accuracy(&self, _key: TrialKey, arch: &Arch) -> AccuracyResult {
         let key = arch.canonical();
         let mut calls = self.calls.lock().unwrap();
         let before = calls.iter().filter(|c| **c == key).count();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use mnas_search::search_loop::{
-    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search,
+    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search, TrialKey,
 };
 use mnas_search::store::RunStore;
 use mnas_search::strategies::{build, StrategyConfig};
@@ -22,7 +22,7 @@ struct CountingAccuracy {
 }
 
 impl AccuracyEvaluator for CountingAccuracy {
-    fn accuracy(&self, arch: &Arch) -> AccuracyResult {
+    fn accuracy(&self, _key: TrialKey, arch: &Arch) -> AccuracyResult {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if self.crash_at == Some(n) {
             panic!("simulated kill -9 during training");

@@ -11,3 +11,4 @@ pub mod search;
 pub mod space;
 pub mod train;
 pub mod weights;
+pub mod worker;

@@ -14,7 +14,7 @@ use mnas_search::report::blocks_of;
 use mnas_search::{Constraint, StrategyKind, TrialStatus};
 use mnas_space::SearchSpace;
 
-use self::progress::SearchProgress;
+use self::progress::{SearchProgress, WorkerLines};
 use super::latency::report::default_store;
 use super::proxy_args::{describe, ProxyArgs};
 
@@ -113,6 +113,11 @@ pub struct SearchArgs {
     /// Latency store shared across runs [default: the one `mnas latency` uses].
     #[arg(long)]
     pub latency_store: Option<PathBuf>,
+    /// Dispatch trials to `mnas worker`s through this broker instead of training here:
+    /// redis://[user:password@]HOST:PORT, rediss://..., unix:///PATH[?pass=...] (or
+    /// MNAS_BROKER_URL). Needed again with --resume for such a run.
+    #[arg(long, env = "MNAS_BROKER_URL", hide_env_values = true)]
+    pub broker: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -252,6 +257,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
             store: args.latency_store.clone().or_else(default_store),
             ort_lib: args.ort_lib.clone(),
         },
+        broker: args.broker.clone(),
     };
     let run = match &args.resume {
         Some(dir) => PreparedRun::resume(dir, &request, &mut SetupLines),
@@ -286,6 +292,10 @@ pub fn run(args: SearchArgs) -> Result<()> {
         config.deploy_resolution,
     );
     let mut progress = SearchProgress::new(total, run.store.trials()?);
+    if let Some(workers) = &run.workers {
+        eprintln!("trials go to workers through {}", workers.broker.label());
+        *workers.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(WorkerLines(progress.printer())));
+    }
     let budget = budget_minutes(&args).map(|m| Duration::from_secs_f64(m * 60.0));
     let outcome = run.run(budget, &mut progress);
     progress.finish();

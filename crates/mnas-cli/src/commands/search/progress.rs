@@ -38,6 +38,11 @@ impl SearchProgress {
         }
     }
 
+    /// A handle that prints above the bar (or plain lines without one), for other threads.
+    pub fn printer(&self) -> Printer {
+        Printer(self.bar.clone())
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -108,5 +113,28 @@ impl SearchObserver for SearchProgress {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+/// Prints lines above the search's bar.
+#[derive(Clone)]
+pub struct Printer(Option<ProgressBar>);
+
+impl Printer {
+    pub fn line(&self, line: String) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+/// Which worker took which trial.
+pub struct WorkerLines(pub Printer);
+
+impl mnas_pipeline::distributed::WorkerWatch for WorkerLines {
+    fn started(&mut self, key: mnas_search::search_loop::TrialKey, worker: &str) {
+        let again = if key.attempt > 0 { " (retry)" } else { "" };
+        self.0.line(format!("trial {}.{} training on worker {worker}{again}", key.step, key.index));
     }
 }
