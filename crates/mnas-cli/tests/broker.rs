@@ -264,3 +264,47 @@ fn the_broker_restarted_mid_search_keeps_its_streams_and_the_search_goes_on() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_once_each(&run, 2, 3);
 }
+
+#[test]
+fn device_agents_on_the_broker_measure_for_latency_and_search() {
+    let (dir, srv) = setup("devices", Some("pw"), false);
+    let url = srv.url();
+    let agent = |name: &str| {
+        mnas()
+            .args(["agent", "--broker", &url, "--device-class", "ci-cpu"])
+            .env("HOSTNAME", name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent")
+    };
+    let (a1, a2) = (agent("a1"), agent("a2"));
+    let o = mnas()
+        .args(["latency", "--arch", "mnasnet-small", "--resolution", "32", "--runs", "3", "--warmup", "1"])
+        .args(["--device", "broker:ci-cpu", "--broker", &url, "--no-store", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let m = &json["measurement"];
+    assert_eq!(m["runs"], 3);
+    assert_eq!(m["fingerprint"]["engine"], "mnas-engine", "the agent's fingerprint: {m}");
+    assert!(m["median_ms"].as_f64().is_some_and(|v| v > 0.0));
+    // A search that trains here and measures on the class.
+    let run = dir.join("run");
+    let mut args = search_args(&run, &dir, &url, 2, 2, 64);
+    args.extend(["--latency-device".into(), "broker:ci-cpu".into(), "--train-here".into()]);
+    let o = mnas().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_once_each(&run, 1, 2);
+    assert!(trials(&run).iter().all(|t| t.fingerprint.as_ref().is_some_and(|f| f["engine"] == "mnas-engine")));
+    // A class nobody serves: the latency request times out with its reason.
+    let o = mnas()
+        .args(["latency", "--arch", "mnasnet-small", "--resolution", "32", "--runs", "2", "--timeout", "2"])
+        .args(["--device", "broker:nobody", "--broker", &url, "--no-store"])
+        .output()
+        .unwrap();
+    assert_error(&o, &["latency", "--device", "broker:nobody"], "no agent of device class `nobody` answered", false);
+    stop(a1);
+    stop(a2);
+}

@@ -11,6 +11,7 @@
 //! - [`engine`]: measuring with an external command (`--engine cmd:...`) on an exported ONNX model.
 
 pub mod agent;
+pub mod broker_devices;
 pub mod engine;
 pub mod error;
 pub mod fingerprint;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mnas_latency::broker_devices::OnBrokerDevices;
 use mnas_latency::engine::EngineCommand;
 use mnas_latency::lut::Lut;
 use mnas_latency::pool::{AgentPool, PoolOptions};
@@ -49,6 +50,9 @@ pub enum LatencySpec {
     Engine { command: String, threads: usize, runs: usize, warmup: usize },
     /// Predicted from a lookup table built with `mnas latency build-lut`.
     Lut { path: String, fingerprint_key: String },
+    /// Any agent of a device class on the broker (`mnas agent --broker URL --device-class NAME`);
+    /// the broker URL is not stored (it may hold a password).
+    Broker { class: String, threads: usize, runs: usize, warmup: usize },
 }
 
 impl Default for LatencySpec {
@@ -66,6 +70,8 @@ pub struct LatencyAccess {
     pub store: Option<PathBuf>,
     /// libonnxruntime.so (ONNX Runtime); `None` discovers one.
     pub ort_lib: Option<PathBuf>,
+    /// The broker (device classes).
+    pub broker: Option<String>,
 }
 
 fn options(threads: usize, runs: usize, warmup: usize) -> Result<MeasureOptions> {
@@ -114,6 +120,15 @@ impl LatencySpec {
                 let command =
                     EngineCommand::parse(command, ENGINE_TIMEOUT).map_err(|e| PipelineError::Latency(e.to_string()))?;
                 Ok(Box::new(ByCommand { command, options }))
+            }
+            LatencySpec::Broker { class, threads, runs, warmup } => {
+                let options = options(*threads, *runs, *warmup)?;
+                let Some(url) = &access.broker else {
+                    return Err(PipelineError::Latency(format!(
+                        "device class `{class}` lives on a broker: give the broker URL"
+                    )));
+                };
+                Ok(Box::new(OnBrokerDevices::new(url, class, options)?))
             }
             LatencySpec::Lut { path, fingerprint_key } => {
                 let lut = Lut::load(path).map_err(|e| PipelineError::Latency(e.to_string()))?;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget};
+use mnas_latency::broker_devices::OnBrokerDevices;
 use mnas_latency::engine::{EngineCommand, ACCEPTED_FORMATS};
 use mnas_latency::pool::{key_on, AgentPool, PoolOptions};
+use mnas_latency::LatencySource;
 use mnas_latency::{MeasureOptions, Measurement, OrtEngine, Store};
 use mnas_space::Arch;
 
@@ -30,6 +32,9 @@ pub struct ElsewhereArgs {
     /// The agents' token [default: $MNAS_AGENT_TOKEN, which keeps it out of `ps`].
     #[arg(long, requires = "device")]
     pub token: Option<String>,
+    /// The broker of `--device broker:CLASS` (or MNAS_BROKER_URL).
+    #[arg(long, env = "MNAS_BROKER_URL", hide_env_values = true)]
+    pub broker: Option<String>,
     /// Measure with ONNX Runtime in this process (`ort`), or with an external command:
     /// cmd:'TEMPLATE' ({model} is the exported ONNX file).
     #[arg(long, value_name = "ort|cmd:TEMPLATE", long_help = engine_help())]
@@ -131,6 +136,23 @@ pub fn run(args: &ElsewhereArgs, arch: &Arch, opts: &MeasureOptions, store_args:
         return report(&m, was_cached, store_path.as_deref(), None, opts, store_args.json);
     }
 
+    if let Some(class) = args.device.first().and_then(|d| d.strip_prefix("broker:")) {
+        let Some(url) = &args.broker else {
+            bail!("--device broker:{class} needs the broker: pass --broker URL or set MNAS_BROKER_URL");
+        };
+        let mut source = OnBrokerDevices::new(url, class, opts.clone())?;
+        if let Some(t) = args.timeout {
+            source.timeout = Duration::from_secs(t);
+        }
+        let spinner = spinner("waiting for an agent of the class");
+        let m = source.latency(arch);
+        spinner.finish_and_clear();
+        let m = m.map_err(|e| anyhow!("device class {class}: {e}"))?;
+        if let Some(s) = &store {
+            s.put(&m)?;
+        }
+        return report(&m, false, store_path.as_deref(), None, opts, store_args.json);
+    }
     let Some(token) = token(args.token.clone()) else {
         bail!("--device needs the agents' token: pass --token T or set {TOKEN_ENV}");
     };

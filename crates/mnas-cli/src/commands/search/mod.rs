@@ -86,9 +86,10 @@ pub struct SearchArgs {
     pub resolution: Option<u32>,
     #[command(flatten)]
     pub proxy: ProxyArgs,
-    /// Where latency is measured: `local` (this machine, pinned core) or agents on the target
-    /// device(s), `tcp://HOST:PORT[,tcp://HOST2:PORT]` (`mnas agent` there) [default: local].
-    #[arg(long, value_name = "local|tcp://HOST:PORT,...", conflicts_with_all = ["latency_engine", "latency_lut"])]
+    /// Where latency is measured: `local` (this machine, pinned core), agents on the target
+    /// device(s), `tcp://HOST:PORT[,tcp://HOST2:PORT]` (`mnas agent` there), or `broker:CLASS`
+    /// (any `mnas agent --broker --device-class CLASS`; needs --broker) [default: local].
+    #[arg(long, value_name = "local|tcp://HOST:PORT,...|broker:CLASS", conflicts_with_all = ["latency_engine", "latency_lut"])]
     pub latency_device: Option<String>,
     /// The agents' token (or MNAS_AGENT_TOKEN).
     #[arg(long, env = "MNAS_AGENT_TOKEN", hide_env_values = true)]
@@ -118,6 +119,10 @@ pub struct SearchArgs {
     /// MNAS_BROKER_URL). Needed again with --resume for such a run.
     #[arg(long, env = "MNAS_BROKER_URL", hide_env_values = true)]
     pub broker: Option<String>,
+    /// With --broker: train the trials on this machine anyway (the broker then only serves
+    /// --latency-device broker:CLASS).
+    #[arg(long, requires = "broker")]
+    pub train_here: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,6 +167,9 @@ fn latency_spec_of(args: &SearchArgs) -> Result<Option<LatencySpec>> {
         Some(command) => return Ok(Some(LatencySpec::Engine { command: command.to_string(), threads, runs, warmup })),
         None => {}
     }
+    if let Some(class) = args.latency_device.as_deref().and_then(|d| d.strip_prefix("broker:")) {
+        return Ok(Some(LatencySpec::Broker { class: class.to_string(), threads, runs, warmup }));
+    }
     match args.latency_device.as_deref() {
         Some("local") | None => {
             let given = args.latency_device.is_some() || args.latency_runs.is_some() || args.latency_threads.is_some();
@@ -170,7 +178,9 @@ fn latency_spec_of(args: &SearchArgs) -> Result<Option<LatencySpec>> {
         Some(list) => {
             let addrs: Vec<String> = list.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
             if addrs.is_empty() || !addrs.iter().all(|a| a.starts_with("tcp://")) {
-                bail!("--latency-device must be `local` or tcp://HOST:PORT[,tcp://HOST:PORT...], got `{list}`");
+                bail!(
+                    "--latency-device must be `local`, tcp://HOST:PORT[,tcp://HOST:PORT...] or broker:CLASS, got `{list}`"
+                );
             }
             Ok(Some(LatencySpec::Agents { addrs, threads, runs, warmup }))
         }
@@ -256,8 +266,9 @@ pub fn run(args: SearchArgs) -> Result<()> {
             token: args.latency_token.clone(),
             store: args.latency_store.clone().or_else(default_store),
             ort_lib: args.ort_lib.clone(),
+            broker: args.broker.clone(),
         },
-        broker: args.broker.clone(),
+        broker: args.broker.clone().filter(|_| !args.train_here),
     };
     let run = match &args.resume {
         Some(dir) => PreparedRun::resume(dir, &request, &mut SetupLines),
