@@ -102,3 +102,33 @@ fn bad_input_is_one_error_line_and_exit_2() {
     assert_clean_error(&[QUICK, &["--store", junk.to_str().expect("utf-8")]].concat(), "not a SQLite database");
     assert_eq!(std::fs::read(&junk).expect("junk"), vec![0x5a; 8192], "the junk file is left alone");
 }
+
+/// ONNX Runtime in process, from the venv `.ci/run` installs (`onnxruntime` wheel): the same
+/// statistics as the built-in engine, a fingerprint naming ORT and its version, and one error
+/// line for a library that is not ONNX Runtime.
+#[test]
+fn onnx_runtime_in_process() {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv");
+    assert!(
+        venv.join("bin/python").exists(),
+        "no .venv: create it as the README says (python3 -m venv .venv && .venv/bin/pip install onnx onnxruntime numpy)"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_mnas"))
+        .args(["latency", "--arch", "mnasnet-small", "--resolution", "64", "--runs", "5", "--warmup", "2"])
+        .args(["--engine", "ort", "--no-store", "--json"])
+        .env_remove("MNAS_ORT_LIB")
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .expect("run mnas");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let m = &json["measurement"];
+    assert_eq!(m["fingerprint"]["engine"], "onnxruntime", "{m}");
+    assert!(m["fingerprint"]["engine_version"].as_str().is_some_and(|v| v.starts_with("1.")), "{m}");
+    assert!(m["median_ms"].as_f64().is_some_and(|v| v > 0.0) && m["runs"] == 5, "{m}");
+    for (lib, needle) in [("/bin/sh", "not a usable ONNX Runtime library"), ("/no/such/libonnxruntime.so", "no such file")] {
+        let args = ["latency", "--arch", "mnasnet-small", "--engine", "ort", "--ort-lib", lib, "--no-store"];
+        let o = Command::new(env!("CARGO_BIN_EXE_mnas")).args(args).output().expect("run mnas");
+        common::assert_error(&o, &args, needle, true);
+    }
+}
