@@ -126,7 +126,9 @@ fn onnx_runtime_in_process() {
     assert_eq!(m["fingerprint"]["engine"], "onnxruntime", "{m}");
     assert!(m["fingerprint"]["engine_version"].as_str().is_some_and(|v| v.starts_with("1.")), "{m}");
     assert!(m["median_ms"].as_f64().is_some_and(|v| v > 0.0) && m["runs"] == 5, "{m}");
-    for (lib, needle) in [("/bin/sh", "not a usable ONNX Runtime library"), ("/no/such/libonnxruntime.so", "no such file")] {
+    for (lib, needle) in
+        [("/bin/sh", "not a usable ONNX Runtime library"), ("/no/such/libonnxruntime.so", "no such file")]
+    {
         let args = ["latency", "--arch", "mnasnet-small", "--engine", "ort", "--ort-lib", lib, "--no-store"];
         let o = Command::new(env!("CARGO_BIN_EXE_mnas")).args(args).output().expect("run mnas");
         common::assert_error(&o, &args, needle, true);

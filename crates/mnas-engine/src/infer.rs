@@ -18,6 +18,70 @@ use crate::net::{units_of, ConvKind, LayerUnits, Net, NetOptions, SeUnit, Shortc
 use crate::params::{Params, ParamsBuilder};
 use crate::simd::add_to;
 
+/// The kinds of work an inference pass does, for an op breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// The stem convolution (3x3, 3 input channels).
+    Stem,
+    /// 1x1 convolutions: MBConv expansion and projection, the head, the pooling skip's projection.
+    Pointwise,
+    /// kxk depthwise convolutions.
+    Depthwise,
+    /// kxk regular convolutions of `cn` layers.
+    Conv,
+    SqueezeExcite,
+    /// Residual sums and the pooling skip's average pool.
+    Shortcut,
+    /// Global pool and classifier.
+    Classifier,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 7] = [
+        OpKind::Stem,
+        OpKind::Pointwise,
+        OpKind::Depthwise,
+        OpKind::Conv,
+        OpKind::SqueezeExcite,
+        OpKind::Shortcut,
+        OpKind::Classifier,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Stem => "stem",
+            OpKind::Pointwise => "pointwise",
+            OpKind::Depthwise => "depthwise",
+            OpKind::Conv => "conv kxk",
+            OpKind::SqueezeExcite => "SE",
+            OpKind::Shortcut => "shortcut",
+            OpKind::Classifier => "pool+classifier",
+        }
+    }
+}
+
+thread_local! {
+    /// Time per op kind while [`Folded::forward_ops`] runs on this thread.
+    static OP_TIMES: std::cell::RefCell<Option<[Duration; 7]>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, adding its time to `kind` when an op breakdown is being taken.
+fn timed<T>(kind: OpKind, f: impl FnOnce() -> T) -> T {
+    let on = OP_TIMES.with(|t| t.borrow().is_some());
+    if !on {
+        return f();
+    }
+    let start = Instant::now();
+    let out = f();
+    let spent = start.elapsed();
+    OP_TIMES.with(|t| {
+        if let Some(times) = t.borrow_mut().as_mut() {
+            times[OpKind::ALL.iter().position(|k| *k == kind).expect("listed")] += spent;
+        }
+    });
+    out
+}
+
 /// A convolution with its BN folded in (always biased) and the activation after it.
 #[derive(Debug, Clone)]
 struct FoldedConv {
@@ -49,6 +113,16 @@ impl FoldedConv {
     }
 
     fn forward(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
+        let kind = match self.kind {
+            ConvKind::Depthwise => OpKind::Depthwise,
+            ConvKind::Dense if self.k == 1 => OpKind::Pointwise,
+            ConvKind::Dense if self.cin == 3 => OpKind::Stem,
+            ConvKind::Dense => OpKind::Conv,
+        };
+        timed(kind, || self.forward_untimed(x, n, h, w))
+    }
+
+    fn forward_untimed(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
         match self.kind {
             ConvKind::Dense => {
                 let g = Conv { n, h, w, cin: self.cin, cout: self.cout, k: self.k, stride: self.stride };
@@ -183,9 +257,11 @@ impl FoldedLayer {
         drop(expanded);
         if let Some(se) = &self.se {
             let img = oh * ow * se.c;
-            for b in 0..n {
-                squeeze_excite(se, &mut y[b * img..(b + 1) * img], oh * ow, self.act);
-            }
+            timed(OpKind::SqueezeExcite, || {
+                for b in 0..n {
+                    squeeze_excite(se, &mut y[b * img..(b + 1) * img], oh * ow, self.act);
+                }
+            });
         }
         let mut out = match &self.project {
             Some(c) => c.forward(&y, n, oh, ow).0,
@@ -193,19 +269,22 @@ impl FoldedLayer {
         };
         match &self.shortcut {
             FoldedShortcut::None => {}
-            FoldedShortcut::Identity => add_to(&mut out, &x),
+            FoldedShortcut::Identity => timed(OpKind::Shortcut, || add_to(&mut out, &x)),
             FoldedShortcut::Pool { stride, conv } => {
                 let pooled;
                 let src: &[f32] = if *stride == 1 {
                     &x
                 } else {
-                    pooled = pool::avg_pool(&x, n, h, w, self.cin, *stride);
+                    pooled = timed(OpKind::Shortcut, || pool::avg_pool(&x, n, h, w, self.cin, *stride));
                     &pooled
                 };
                 let (ph, pw) = (pool::pooled(h, *stride), pool::pooled(w, *stride));
                 match conv {
-                    Some(c) => add_to(&mut out, &c.forward(src, n, ph, pw).0),
-                    None => add_to(&mut out, src),
+                    Some(c) => {
+                        let projected = c.forward(src, n, ph, pw).0;
+                        timed(OpKind::Shortcut, || add_to(&mut out, &projected));
+                    }
+                    None => timed(OpKind::Shortcut, || add_to(&mut out, src)),
                 }
             }
         }
@@ -272,6 +351,14 @@ impl Folded {
         Ok((logits, times))
     }
 
+    /// The forward pass with the time of each op kind (see [`OpKind`]), on this thread.
+    pub fn forward_ops(&self, images: &[f32], n: usize, size: usize) -> Result<Vec<(OpKind, Duration)>, EngineError> {
+        OP_TIMES.with(|t| *t.borrow_mut() = Some([Duration::ZERO; 7]));
+        let r = self.forward(images, n, size);
+        let times = OP_TIMES.with(|t| t.borrow_mut().take()).unwrap_or_default();
+        r.map(|_| OpKind::ALL.iter().copied().zip(times).collect())
+    }
+
     fn forward_observed(
         &self,
         images: &[f32],
@@ -290,10 +377,13 @@ impl Folded {
         }
         let (y, hh, hw) = self.head.forward(&x, n, h, w);
         after(self.layers.len() + 1);
-        let features = pool::global_mean(&y, n, hh * hw, self.head_c);
-        let mut logits: Vec<f32> = (0..n).flat_map(|_| self.classifier_b.iter().copied()).collect();
-        let wt = View::rows(&self.classifier_w, self.head_c, self.classes);
-        par_gemm(&mut logits, View::rows(&features, n, self.head_c), wt, true);
+        let logits = timed(OpKind::Classifier, || {
+            let features = pool::global_mean(&y, n, hh * hw, self.head_c);
+            let mut logits: Vec<f32> = (0..n).flat_map(|_| self.classifier_b.iter().copied()).collect();
+            let wt = View::rows(&self.classifier_w, self.head_c, self.classes);
+            par_gemm(&mut logits, View::rows(&features, n, self.head_c), wt, true);
+            logits
+        });
         after(self.layers.len() + 2);
         Ok(logits)
     }

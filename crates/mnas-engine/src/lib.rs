@@ -15,7 +15,7 @@ pub mod simd;
 pub mod train;
 
 pub use error::EngineError;
-pub use infer::{Folded, FoldedLayer};
+pub use infer::{Folded, FoldedLayer, OpKind};
 pub use net::{Net, NetOptions, Tape};
 pub use params::Params;
 

@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod broker_devices;
 pub mod engine;
+pub mod engines;
 pub mod error;
 pub mod fingerprint;
 pub mod lut;

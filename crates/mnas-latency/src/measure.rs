@@ -317,6 +317,39 @@ fn run_pinned(
     Ok((best, attempts, per_layer))
 }
 
+/// Median time per op kind of the built-in engine over `opts.runs` passes, pinned like a
+/// measurement (see [`mnas_engine::OpKind`]).
+pub fn op_breakdown(arch: &Arch, opts: &MeasureOptions) -> Result<Vec<(String, f64)>> {
+    opts.validate()?;
+    let cores = planned_cores(opts)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
+    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
+        result?;
+    }
+    pool.install(|| {
+        let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
+        let input = Input::random(arch, opts);
+        for _ in 0..opts.warmup {
+            net.forward(&input.pixels, input.batch, input.size).map_err(engine_error)?;
+        }
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); mnas_engine::OpKind::ALL.len()];
+        for _ in 0..opts.runs {
+            let ops = net.forward_ops(&input.pixels, input.batch, input.size).map_err(engine_error)?;
+            for (slot, (_, d)) in samples.iter_mut().zip(ops) {
+                slot.push(d.as_secs_f64() * 1e3);
+            }
+        }
+        Ok(mnas_engine::OpKind::ALL
+            .iter()
+            .zip(samples)
+            .map(|(k, s)| (k.name().to_string(), Stats::of(&s).map_or(f64::NAN, |st| st.median_ms)))
+            .collect())
+    })
+}
+
 /// Median time of every stage over `opts.runs` passes.
 fn time_stages(
     model: &mut dyn Runnable,

@@ -1,5 +1,6 @@
 //! `mnas bench`: benchmarks that measure mnas against a reference in the same run.
 
+pub mod latency;
 pub mod proxy;
 pub mod train;
 
@@ -22,6 +23,11 @@ pub enum BenchCommand {
     /// their reference accuracies (`mnas bench reference`), next to parameter count and MACs.
     #[command(long_about = proxy::PROXY_ABOUT)]
     Proxy(proxy::BenchProxyArgs),
+    /// Latency engines: the built-in engine against ONNX Runtime on one model (ratio, op
+    /// breakdown) and their rank agreement over sampled models (Kendall tau).
+    ///
+    /// Example: mnas bench latency --arch mnasnet-a1 --archs 50
+    Latency(latency::BenchLatencyArgs),
     /// Train the reference accuracies of the proxy benchmark's sample (hours; resumable).
     #[command(long_about = proxy::REFERENCE_ABOUT)]
     Reference(proxy::BenchReferenceArgs),
@@ -31,6 +37,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Proxy(args) => proxy::run_proxy(args),
+        BenchCommand::Latency(args) => latency::run(args),
         BenchCommand::Reference(args) => proxy::run_reference(args),
     }
 }

@@ -1,0 +1,106 @@
+//! `mnas bench latency`: the built-in engine against ONNX Runtime in the same run: MnasNet-A1
+//! side by side (their ratio), the built-in engine's op breakdown, and how well the two engines
+//! agree on the order of sampled models (Kendall tau).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use mnas_latency::engines::{rank_fidelity, side_by_side};
+use mnas_latency::measure::{op_breakdown, planned_cores};
+use mnas_latency::{BuiltIn, MeasureOptions, OrtEngine};
+
+#[derive(Args, Debug)]
+pub struct BenchLatencyArgs {
+    /// The model compared side by side.
+    #[arg(long, default_value = "mnasnet-a1")]
+    pub arch: String,
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    /// Engine threads (each pinned to its own core; ORT gets as many intra-op threads).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Timed runs per measurement.
+    #[arg(long, default_value_t = 30)]
+    pub runs: usize,
+    /// Alternating rounds of the side-by-side comparison.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Sampled architectures for the rank agreement (0 skips it).
+    #[arg(long, default_value_t = 50)]
+    pub archs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Timed runs per sampled architecture.
+    #[arg(long, default_value_t = 10)]
+    pub archs_runs: usize,
+    /// libonnxruntime.so [default: $MNAS_ORT_LIB, else the onnxruntime wheel of $VIRTUAL_ENV or ./.venv].
+    #[arg(long, env = "MNAS_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+pub fn run(args: BenchLatencyArgs) -> Result<()> {
+    if args.runs == 0 || args.rounds == 0 || args.archs_runs == 0 {
+        bail!("--runs, --rounds and --archs-runs must be at least 1");
+    }
+    let ort = OrtEngine::load(args.ort_lib.as_deref())?;
+    let mut arch = crate::spec::resolve(&args.arch, &Default::default())?;
+    arch.resolution = args.resolution;
+    let opts = MeasureOptions { threads: args.threads, runs: args.runs, warmup: 10, ..MeasureOptions::default() };
+    let cores = planned_cores(&opts)?;
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    println!(
+        "bench latency: batch 1, {} thread(s) pinned to {:?}, built-in engine {} vs ONNX Runtime {} ({})",
+        args.threads,
+        cores,
+        mnas_latency::ENGINE_VERSION,
+        ort.version,
+        ort.library.display()
+    );
+    println!("load average before: {}", load());
+    let s = side_by_side(&arch, &opts, &BuiltIn, ort, args.rounds)?;
+    let name = arch.name.clone().unwrap_or_else(|| args.arch.clone());
+    for (i, (a, b)) in s.rounds.iter().enumerate() {
+        println!("  round {}: built-in {a:.2} ms, ORT {b:.2} ms", i + 1);
+    }
+    println!(
+        "{name} at {r}x{r}: built-in median {:.2} ms, ORT median {:.2} ms: built-in / ORT = {:.2}x",
+        s.a_ms(),
+        s.b_ms(),
+        s.ratio(),
+        r = args.resolution
+    );
+    let ops = op_breakdown(&arch, &opts)?;
+    let total: f64 = ops.iter().map(|o| o.1).sum();
+    println!("built-in engine by op ({name}, median of {} passes):", args.runs);
+    for (op, ms) in &ops {
+        println!("  {op:<16} {ms:7.2} ms  {:5.1} %", 100.0 * ms / total.max(1e-9));
+    }
+    if args.archs > 0 {
+        let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
+        let r = rank_fidelity(args.archs, args.seed, args.resolution, 10, &small, &BuiltIn, ort, &mut |done, n| {
+            eprint!("\r  rank agreement: {done}/{n} architectures measured on both engines");
+        })?;
+        eprintln!();
+        let ratios: Vec<f64> = r.rows.iter().map(|x| x.1 / x.2).collect();
+        let mean_ratio = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+        let fmt = |v: Option<f64>| v.map(|t| format!("{t:.3}")).unwrap_or_else(|| "n/a".into());
+        println!(
+            "rank agreement over {} sampled architectures at {r}x{r} (seed {}): Kendall tau built-in vs ORT {} \
+             (95 % interval {}), MACs vs ORT {}; built-in / ORT {:.2}x on average",
+            r.rows.len(),
+            args.seed,
+            fmt(r.tau),
+            r.tau_ci.map(|(a, b)| format!("[{a:.3}, {b:.3}]")).unwrap_or_else(|| "n/a".into()),
+            fmt(r.tau_macs),
+            mean_ratio,
+            r = args.resolution
+        );
+    }
+    println!("load average after: {}", load());
+    Ok(())
+}
