@@ -2,8 +2,8 @@
 """PyTorch twin of `mnas train --arch mnasnet-a1 --classes 10 --mode proxy` on the embedded
 CIFAR-10 subset, for accuracy parity (CPU).
 
-Same data (crates/mnas-data/assets/cifar10-subset.tar.gz: 5,000 train images, 10% held out ->
-4,500 / 500; the held-out images are not the same ones mnas picks, the sizes are), resolution 32,
+Same data (crates/mnas-data/assets/cifar10-subset.tar.gz: 10,000 train images, 10% held out ->
+9,000 / 1,000; the held-out images are not the same ones mnas picks, the sizes are), resolution 32,
 normalisation by the train split's channel mean/std, augmentation (zero pad 4 + random 32 crop +
 horizontal flip), batch 64 (last partial batch dropped), model timm `semnasnet_100` (= MnasNet-A1)
 with 10 classes and dropout 0.2, BN momentum 0.1 / eps 1e-5, and mnas's proxy recipe: SGD Nesterov

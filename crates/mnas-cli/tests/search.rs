@@ -41,7 +41,7 @@ fn tiny(run: &Path, latency_store: &Path, trials: usize) -> Vec<String> {
         "--proxy-images",
         "64",
         "--val-fraction",
-        "0.02",
+        "0.01",
         "--resolution",
         "32",
         "--latency-runs",

@@ -4,7 +4,8 @@
 //!   optional `train/` and `test/` (or `val/`) halves;
 //! - CIFAR-10 binary batches (`data_batch_*.bin`, `test_batch.bin`);
 //! - IDX (MNIST / Fashion-MNIST), gzipped or not;
-//! - an embedded default: 5,000 train + 1,000 test CIFAR-10 images (500 / 100 per class).
+//! - an embedded default: 10,000 train + 1,000 test CIFAR-10 images (1,000 / 100 per class;
+//!   `assets/make_subset.sh` rebuilds it).
 //!
 //! Images are decoded in parallel once and kept in memory as u8; the held-out validation split is
 //! carved from train deterministically by seed (the paper's proxy task never looks at test).
@@ -30,7 +31,7 @@ pub use set::ImageSet;
 
 /// The embedded default dataset (a real CIFAR-10 subset, JPEG in an ImageFolder tar.gz).
 pub const EMBEDDED: &[u8] = include_bytes!("../assets/cifar10-subset.tar.gz");
-pub const EMBEDDED_NAME: &str = "embedded CIFAR-10 subset (5,000 train / 1,000 test)";
+pub const EMBEDDED_NAME: &str = "embedded CIFAR-10 subset (10,000 train / 1,000 test)";
 
 /// Where the data comes from.
 #[derive(Debug, Clone, PartialEq)]

@@ -41,8 +41,8 @@ fn write_image_folder(root: &Path, classes: &[&str], per_class: usize) {
 fn embedded_default_loads_with_a_seeded_held_out_split() {
     let s = open(&DataSpec::embedded()).unwrap();
     assert_eq!(s.classes.len(), 10);
-    assert_eq!(s.train.len() + s.val.len(), 5000);
-    assert_eq!(s.val.len(), 500);
+    assert_eq!(s.train.len() + s.val.len(), 10_000);
+    assert_eq!(s.val.len(), 1000);
     assert_eq!(s.test.len(), 1000);
     assert_eq!(s.train.size, 32);
     let again = open(&DataSpec::embedded()).unwrap();
@@ -63,8 +63,11 @@ fn batches_are_normalised_and_augmentation_is_seeded() {
     let b: Vec<_> = batches(&s.val, 64, s.norm, Augment::None, None, false).collect();
     assert_eq!(b.iter().map(|b| b.len()).sum::<usize>(), s.val.len());
     assert_eq!(b[0].images.len(), 64 * 3 * 32 * 32);
-    let mean: f32 = b[0].images.iter().sum::<f32>() / b[0].images.len() as f32;
-    assert!(mean.abs() < 0.3, "normalised mean {mean}");
+    // Normalised with the train split's statistics, the whole held-out split averages near 0 (one
+    // batch of 64 photos may not).
+    let n: usize = b.iter().map(|b| b.images.len()).sum();
+    let mean: f64 = b.iter().flat_map(|b| b.images.iter()).map(|&v| v as f64).sum::<f64>() / n as f64;
+    assert!(mean.abs() < 0.1, "normalised mean {mean}");
     let aug = |seed| batches(&s.train, 32, s.norm, Augment::PadCrop { pad: 4 }, Some(seed), true).next().unwrap();
     assert_eq!(aug(3), aug(3));
     assert_ne!(aug(3).images, aug(4).images);

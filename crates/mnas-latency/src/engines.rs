@@ -70,16 +70,14 @@ pub struct RankFidelity {
 }
 
 pub fn rank_fidelity(
+    space: &SearchSpace,
     n: usize,
     seed: u64,
-    resolution: u32,
-    classes: u32,
     opts: &MeasureOptions,
     a: &dyn LocalEngine,
     b: &dyn LocalEngine,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RankFidelity> {
-    let space = SearchSpace { resolution, num_classes: classes, ..SearchSpace::default() };
     let mut rows = Vec::with_capacity(n);
     for (i, (_, arch)) in space.sample(seed, n).into_iter().enumerate() {
         let ma = measure_on(a, &arch, opts, &|_| {})?;

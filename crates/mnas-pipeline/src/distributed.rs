@@ -185,6 +185,9 @@ pub struct BrokerTrainer {
     /// Longest wait for one step's results without hearing from any worker.
     pub patience: Duration,
     pub watch: std::sync::Mutex<Option<Box<dyn WorkerWatch>>>,
+    /// Per finished trial: seconds from dispatch to its result here, and seconds the worker spent
+    /// on it (the difference is the broker's overhead when a worker was free at dispatch).
+    pub round_trips: std::sync::Mutex<Vec<(f64, f64)>>,
 }
 
 impl BrokerTrainer {
@@ -199,6 +202,7 @@ impl BrokerTrainer {
             data_hash: format!("{data_hash:016x}"),
             patience: Duration::from_secs(6 * 3600),
             watch: std::sync::Mutex::new(None),
+            round_trips: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -239,7 +243,7 @@ impl BrokerTrainer {
         let mut con = self.broker.connection()?;
         let (finished, mut after) = self.finished(&mut con)?;
         let in_queue = self.dispatched(&mut con)?;
-        let mut waiting: BTreeMap<TrialKey, ()> = BTreeMap::new();
+        let mut waiting: BTreeMap<TrialKey, Instant> = BTreeMap::new();
         for (key, arch) in trials {
             if let Some(result) = finished.get(key).cloned().and_then(Self::outcome_to_result) {
                 tracing::info!(
@@ -260,7 +264,7 @@ impl BrokerTrainer {
                 };
                 trial_queue().push(&self.broker, &mut con, &spec.fields(), 100_000)?;
             }
-            waiting.insert(*key, ());
+            waiting.insert(*key, Instant::now());
         }
         let mut heard = Instant::now();
         let mut lost: Option<Instant> = None;
@@ -307,7 +311,13 @@ impl BrokerTrainer {
                     continue;
                 }
                 // At least once: a result for a trial already recorded is ignored.
-                if waiting.remove(&r.key).is_some() {
+                if let Some(sent) = waiting.remove(&r.key) {
+                    if let Outcome::Ok { seconds, .. } = r.outcome {
+                        self.round_trips
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((sent.elapsed().as_secs_f64(), seconds));
+                    }
                     if let Some(result) = Self::outcome_to_result(r.outcome) {
                         done(r.key, result);
                     }

@@ -36,7 +36,7 @@ pub enum Device {
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Dataset: an ImageFolder directory or .tar.gz, a CIFAR-10 binary directory, or an IDX
-    /// directory. Default: the embedded CIFAR-10 subset (5,000 train / 1,000 test).
+    /// directory. Default: the embedded CIFAR-10 subset (10,000 train / 1,000 test).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Fraction of train held out for validation.

@@ -81,8 +81,9 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         println!("  {op:<16} {ms:7.2} ms  {:5.1} %", 100.0 * ms / total.max(1e-9));
     }
     if args.archs > 0 {
+        let space = mnas_space::SearchSpace { resolution: args.resolution, num_classes: 10, ..Default::default() };
         let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
-        let r = rank_fidelity(args.archs, args.seed, args.resolution, 10, &small, &BuiltIn, ort, &mut |done, n| {
+        let r = rank_fidelity(&space, args.archs, args.seed, &small, &BuiltIn, ort, &mut |done, n| {
             eprint!("\r  rank agreement: {done}/{n} architectures measured on both engines");
         })?;
         eprintln!();

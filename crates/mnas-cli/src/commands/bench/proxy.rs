@@ -50,7 +50,15 @@ pub fn reference_settings() -> ProxySettings {
         label_smoothing: 0.1,
         width: 0.5,
         stem_stride: 1,
-        ..ProxySettings::default()
+        // Spelled out, not taken from the search's default recipe: a committed reference must stay
+        // continuable when that default changes.
+        data: None,
+        val_fraction: 0.1,
+        split_seed: 0,
+        resolution: None,
+        augment: true,
+        seed: 0,
+        score: Score::Accuracy,
     }
 }
 

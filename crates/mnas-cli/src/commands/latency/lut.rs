@@ -138,6 +138,10 @@ pub struct ReportArgs {
     /// Core to pin to; default: the last allowed core(s).
     #[arg(long)]
     pub core: Option<usize>,
+    /// Largest coefficient of variation (std / mean) of a stable measurement; a noisier one is
+    /// stored marked unstable and measured again by the next report.
+    #[arg(long, default_value_t = 0.10)]
+    pub max_cv: f64,
     /// Latency store [default: as `mnas latency`].
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
@@ -375,6 +379,7 @@ fn report(args: ReportArgs) -> Result<()> {
         // One attempt per arch: the median of --runs is the estimate; re-measuring every noisy arch
         // would triple a report's time on a busy machine without changing what it judges.
         retries: 0,
+        max_cv: args.max_cv,
         ..MeasureOptions::default()
     };
     opts.validate()?;

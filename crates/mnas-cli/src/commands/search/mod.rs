@@ -24,7 +24,7 @@ briefly on the proxy task (held-out accuracy) and measured on the device at the 
 and scored with R = ACC * (LAT/T)^w (w = alpha if LAT <= T, else beta). Every trial lands in RUN/search.sqlite \
 before the next starts: after a crash or kill -9, `mnas search --resume RUN` continues where it stopped.\n\n\
 With no arguments it searches on the embedded CIFAR-10 subset with local CPU latency and finishes in about \
-15 minutes on 2 cores. Then: `mnas report RUN`, `mnas pareto RUN`, `mnas export-arch RUN --top 3`.";
+15 minutes on 2 cores. Then: `mnas report RUN`, `mnas pareto RUN`, `mnas export-arch RUN --top 3`.\n\nThe default proxy (chosen with `mnas bench proxy`, README \"Proxy fidelity\"): width x0.5 and stem stride 1 during proxy training (the last blocks see 2x2 maps at 32 px), one seed for every model, no dropout, 7,000 train images once (batch 32, SGD lr 0.05, 5 % warm-up, linear decay, label smoothing 0.1), held-out top-1 on 2,000 images: about 14 s per model on 2 cores. Its ranking is noisy (two seeds agree with Kendall tau 0.69 over 24 models); with more cores, workers (--broker) or a GPU, raise --proxy-images / --proxy-epochs: bench/proxy/recipes.sh prints what each budget buys.";
 
 /// The default search must end within 15 minutes on 2 cores, whatever the machine's speed.
 const DEFAULT_BUDGET_MINUTES: f64 = 14.0;
@@ -311,6 +311,9 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let outcome = run.run(budget, &mut progress);
     progress.finish();
     let outcome = outcome.map_err(in_cli_words)?;
+    if let Some(workers) = &run.workers {
+        print_round_trips(&workers.round_trips.lock().unwrap_or_else(|p| p.into_inner()));
+    }
     print_front(&run)?;
     if outcome.out_of_time {
         println!(
@@ -321,6 +324,26 @@ pub fn run(args: SearchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the broker cost: dispatch to result against the worker's own time, per trial.
+fn print_round_trips(trips: &[(f64, f64)]) {
+    if trips.is_empty() {
+        return;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let trip = median(trips.iter().map(|t| t.0).collect());
+    let work = median(trips.iter().map(|t| t.1).collect());
+    let over = median(trips.iter().map(|t| t.0 - t.1).collect());
+    println!(
+        "workers: {} results this session; per trial (median): dispatch to result {trip:.3} s, on the worker \
+         {work:.3} s, difference {:.0} ms (queueing included when all workers were busy)",
+        trips.len(),
+        over * 1000.0
+    );
 }
 
 /// Prints the front and where the report is.
