@@ -73,7 +73,8 @@ pub struct Broker {
 }
 
 fn classify(label: &str, e: redis::RedisError) -> BrokerError {
-    let text = e.to_string();
+    // The client's parse errors span lines (one per unexpected byte): one line for an error message.
+    let text = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
     let code = e.code().unwrap_or_default().to_string();
     let auth = matches!(e.kind(), redis::ErrorKind::AuthenticationFailed);
     if auth || code == "WRONGPASS" || code == "NOAUTH" || text.contains("WRONGPASS") || text.contains("NOAUTH") {

@@ -224,7 +224,19 @@ fn bad_brokers_give_one_error_line_and_leave_nothing_behind() {
     let (dir, srv) = setup("bad", Some("right"), false);
     let wrong = format!("unix://{}?pass=wrong", srv.socket.display());
     let run = dir.join("run");
+    // Something that is not Redis on the port: an HTTP server's answer to whatever it is sent.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let not_redis = format!("redis://{}", http.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut c in http.incoming().flatten() {
+            use std::io::{Read, Write};
+            let _ = c.read(&mut [0u8; 256]);
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (search_args(&run, &dir, &not_redis, 2, 2, 64), "does not speak Redis"),
+        (vec!["worker".into(), "--broker".into(), not_redis.clone()], "does not speak Redis"),
         (search_args(&run, &dir, &wrong, 2, 2, 64), "refused the credentials"),
         (search_args(&run, &dir, "redis://127.0.0.1:1", 2, 2, 64), "cannot reach the broker"),
         (search_args(&run, &dir, "http://example", 2, 2, 64), "broker URL"),
@@ -307,4 +319,24 @@ fn device_agents_on_the_broker_measure_for_latency_and_search() {
     assert_error(&o, &["latency", "--device", "broker:nobody"], "no agent of device class `nobody` answered", false);
     stop(a1);
     stop(a2);
+}
+
+#[test]
+fn a_worker_with_other_data_refuses_the_trial_and_trains_nothing() {
+    let (dir, srv) = setup("other-data", None, false);
+    let url = srv.url();
+    let imagenette = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/imagenette-96.tar.gz");
+    assert!(imagenette.exists(), "{} missing (../shared/data)", imagenette.display());
+    let w = worker(&url, "elsewhere", &["--data", imagenette.to_str().unwrap()]);
+    let run = dir.join("run");
+    // The search trains on the embedded CIFAR-10 subset; the only worker holds Imagenette.
+    let o = mnas().args(search_args(&run, &dir, &url, 1, 1, 64)).output().unwrap();
+    stop(w);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = trials(&run);
+    assert_eq!(t.len(), 1, "the trial is recorded, not lost");
+    assert_eq!(t[0].status, TrialStatus::Unavailable, "{:?}", t[0]);
+    let reason = t[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("is not the run's"), "{reason}");
+    assert!(!reports(&url, &run).iter().any(|r| r.0 == "ok" || r.0 == "started"), "nothing was trained");
 }

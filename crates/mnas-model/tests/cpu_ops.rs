@@ -48,8 +48,10 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn training_step_with_cpu_kernels_matches_generic_ops() {
     let data = open(&DataSpec::embedded()).expect("embedded data");
-    let idx: Vec<usize> = (0..data.train.len()).step_by(150).collect();
-    let set = data.train.subset(&idx);
+    // 30 test images: fixed whatever the train/held-out split (see burn_parity.rs in mnas-engine
+    // on batches where own kernels and generic ops drift apart in the backward pass).
+    let idx: Vec<usize> = (0..30).map(|i| i * 33).collect();
+    let set = data.test.subset(&idx);
     let batch = batches(&set, idx.len(), data.norm, Augment::None, None, false).next().expect("one batch");
     let n = batch.len();
     // Every layer kind: plain conv, sepconv with SE, mbconv k3/k5 stride 1/2, identity and pooling
