@@ -146,7 +146,9 @@ pub trait LocalEngine: Sync {
     /// Engine name and version as the fingerprint records them.
     fn identity(&self) -> (String, String);
     /// A model of `arch` (random weights) with its input, ready to run `opts.batch` images.
-    fn build(&self, arch: &Arch, opts: &MeasureOptions) -> Result<Box<dyn Runnable>>;
+    /// `cores` are the measurement's cores (the calling thread is pinned to the first): threads the
+    /// engine starts belong on them.
+    fn build(&self, arch: &Arch, opts: &MeasureOptions, cores: &[usize]) -> Result<Box<dyn Runnable>>;
 }
 
 /// A built model: one forward pass per call.
@@ -173,7 +175,7 @@ impl LocalEngine for BuiltIn {
         (ENGINE.to_string(), ENGINE_VERSION.to_string())
     }
 
-    fn build(&self, arch: &Arch, opts: &MeasureOptions) -> Result<Box<dyn Runnable>> {
+    fn build(&self, arch: &Arch, opts: &MeasureOptions, _cores: &[usize]) -> Result<Box<dyn Runnable>> {
         let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
         Ok(Box::new(BuiltInModel { net, input: Input::random(arch, opts) }))
     }
@@ -224,7 +226,7 @@ pub fn measure_on(
         result?;
     }
     tracing::info!(arch = %arch.canonical(), ?cores, threads = opts.threads, "measuring");
-    let (kept, attempts, per_layer) = pool.install(|| run_pinned(engine, arch, opts, progress))?;
+    let (kept, attempts, per_layer) = pool.install(|| run_pinned(engine, arch, opts, &cores, progress))?;
     let stable = kept.cv <= opts.max_cv;
     if !stable {
         tracing::info!(cv = kept.cv, max_cv = opts.max_cv, attempts, "latency spread stays too wide");
@@ -285,9 +287,10 @@ fn run_pinned(
     engine: &dyn LocalEngine,
     arch: &Arch,
     opts: &MeasureOptions,
+    cores: &[usize],
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Pinned> {
-    let mut model = engine.build(arch, opts)?;
+    let mut model = engine.build(arch, opts, cores)?;
     for _ in 0..opts.warmup {
         model.run()?;
     }

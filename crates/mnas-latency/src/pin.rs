@@ -35,6 +35,40 @@ pub fn pin_current_thread(core: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the calling thread allowed on all of `cores`, then restores its own affinity:
+/// threads that `f` starts inherit the wider set. (ONNX Runtime's intra-op pool, started by a
+/// thread pinned to one core, would otherwise crowd onto that core.)
+#[cfg(target_os = "linux")]
+pub fn with_threads_spawned_on<T>(cores: &[usize], f: impl FnOnce() -> T) -> Result<T> {
+    // SAFETY: cpu_set_t is plain data; pid 0 is the calling thread; sizes match the type.
+    unsafe {
+        let mut saved: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) != 0 {
+            return Err(LatencyError::Pin(format!("sched_getaffinity: {}", std::io::Error::last_os_error())));
+        }
+        let mut wide: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut wide);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &wide) != 0 {
+            return Err(LatencyError::Pin(format!(
+                "sched_setaffinity to {cores:?}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let out = f();
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) != 0 {
+            return Err(LatencyError::Pin(format!("restoring affinity: {}", std::io::Error::last_os_error())));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn with_threads_spawned_on<T>(_cores: &[usize], f: impl FnOnce() -> T) -> Result<T> {
+    Ok(f())
+}
+
 /// Elsewhere affinity is not set: every core counts as allowed and pinning is a no-op.
 #[cfg(not(target_os = "linux"))]
 pub fn allowed_cores() -> Result<Vec<usize>> {
@@ -105,5 +139,28 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert_eq!(seen, vec![core]);
         }
+    }
+
+    /// What ONNX Runtime's pool depends on: threads started inside get every measuring core, and
+    /// the pinned caller gets its own core back afterwards.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn threads_started_in_the_wider_set_inherit_it() {
+        let allowed = allowed_cores().unwrap();
+        let first = allowed[0];
+        let (inner, spawned, after) = std::thread::spawn(move || {
+            pin_current_thread(first).unwrap();
+            let (inner, spawned) = with_threads_spawned_on(&allowed, || {
+                (allowed_cores().unwrap(), std::thread::spawn(|| allowed_cores().unwrap()).join().unwrap())
+            })
+            .unwrap();
+            (inner, spawned, allowed_cores().unwrap())
+        })
+        .join()
+        .unwrap();
+        let all = allowed_cores().unwrap();
+        assert_eq!(inner, all);
+        assert_eq!(spawned, all, "a thread started inside inherits the whole set");
+        assert_eq!(after, vec![first], "the caller is pinned again");
     }
 }
