@@ -409,6 +409,9 @@ fn the_ort_runner_script_measures_through_the_engine_hook() {
         &engine,
         "--timeout",
         "120",
+        // About reuse, not stability (a busy machine may push 5 runs past the default CV limit).
+        "--max-cv",
+        "1000",
         "--store",
         store.to_str().expect("utf-8"),
         "--json",
