@@ -48,11 +48,6 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
     arch.resolution = args.resolution;
     let opts = MeasureOptions { threads: args.threads, runs: args.runs, warmup: 10, ..MeasureOptions::default() };
     let cores = planned_cores(&opts)?;
-    let load = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
     println!(
         "bench latency: batch 1, {} thread(s) pinned to {:?}, built-in engine {} vs ONNX Runtime {} ({})",
         args.threads,
@@ -61,7 +56,7 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         ort.version,
         ort.library.display()
     );
-    println!("load average before: {}", load());
+    println!("load average before: {}", super::load_avg());
     let s = side_by_side(&arch, &opts, &BuiltIn, ort, args.rounds)?;
     let name = arch.name.clone().unwrap_or_else(|| args.arch.clone());
     for (i, (a, b)) in s.rounds.iter().enumerate() {
@@ -102,6 +97,6 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
             r = args.resolution
         );
     }
-    println!("load average after: {}", load());
+    println!("load average after: {}", super::load_avg());
     Ok(())
 }

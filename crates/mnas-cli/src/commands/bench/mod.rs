@@ -41,3 +41,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Reference(args) => proxy::run_reference(args),
     }
 }
+
+/// The 1, 5 and 15 minute load averages, printed with every benchmark figure.
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -166,12 +166,6 @@ fn threads(n: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 pub fn run_reference(args: BenchReferenceArgs) -> Result<()> {
     threads(args.threads)?;
     let settings = args.proxy.apply(&reference_settings());
@@ -188,7 +182,7 @@ pub fn run_reference(args: BenchReferenceArgs) -> Result<()> {
         commit: option_env!("MNAS_GIT_COMMIT").unwrap_or("unknown").to_string(),
     };
     eprintln!("reference: {} architectures (seed {}), {}", job.archs, job.archs_seed, describe(&job.settings));
-    eprintln!("load average at start: {}", load_avg());
+    eprintln!("load average at start: {}", super::load_avg());
     let reference = job.run(&mut Display::new()).with_context(|| format!("reference job {}", args.out.display()))?;
     let done = reference.rows.len();
     println!("{done}/{} reference trainings in {}", reference.header.archs, args.out.display());
@@ -224,7 +218,7 @@ pub fn run_proxy(args: BenchProxyArgs) -> Result<()> {
     };
     if !args.json {
         eprintln!("proxy: {}", describe(&settings));
-        eprintln!("load average at start: {}", load_avg());
+        eprintln!("load average at start: {}", super::load_avg());
     }
     let report = bench.run(&mut Display::new()).context("proxy benchmark")?;
     if args.json {
@@ -262,7 +256,7 @@ pub fn run_proxy(args: BenchProxyArgs) -> Result<()> {
         report.seconds_per_trial,
         report.images_per_sec,
         if report.diverged > 0 { format!(", {} runs diverged", report.diverged) } else { String::new() },
-        load_avg()
+        super::load_avg()
     );
     if report.score != Score::Accuracy {
         println!("(* = the recipe's --proxy-score)");

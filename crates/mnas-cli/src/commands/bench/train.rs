@@ -78,9 +78,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if !cpu_ops::set_threads(args.threads) {
         eprintln!("warning: the thread pool was already started; --threads {} may not apply", args.threads);
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("bench train T: batch 64x3x32x32, SGD lr 0.01 momentum 0.9, threads {}", args.threads);
-    println!("load average before: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!("load average before: {}", super::load_avg());
     let ours = bench_engine(&args)?;
     println!(
         "mnas:    median {:8.1} ms  min {:8.1} ms  ({} steps, {} warm-up; CPU engine, {})",
