@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::kernels::bn::Act;
 use crate::kernels::conv::{self, Conv};
 use crate::kernels::depthwise::{self, Dw};
+use crate::kernels::pointwise::PackedPointwise;
 use crate::kernels::pool;
 use crate::mat::{par_gemm, View};
 use crate::net::{units_of, ConvKind, LayerUnits, Net, NetOptions, SeUnit, Shortcut, Unit};
@@ -90,9 +91,12 @@ struct FoldedConv {
     stride: usize,
     cin: usize,
     cout: usize,
-    weight: Vec<f32>,
+    /// On a 64-byte boundary, as the activations are: the depthwise kernel loads 16 lanes per tap.
+    weight: Buf,
     bias: Vec<f32>,
     act: Act,
+    /// A dense convolution's weights packed for the AVX-512 kernels, on CPUs that have them.
+    packed: Option<PackedPointwise>,
 }
 
 impl FoldedConv {
@@ -103,13 +107,18 @@ impl FoldedConv {
         let (gamma, beta) = affine.split_at(c);
         let (mean, var) = running.split_at(c);
         let scale: Vec<f64> = (0..c).map(|i| gamma[i] as f64 / (var[i] as f64 + eps).sqrt()).collect();
-        let bias = (0..c).map(|i| (beta[i] as f64 - mean[i] as f64 * scale[i]) as f32).collect();
+        let bias: Vec<f32> = (0..c).map(|i| (beta[i] as f64 - mean[i] as f64 * scale[i]) as f32).collect();
         // Both layouts keep the output channel innermost: [..][cout] and [ky][kx][c].
         let weight = p.values[u.weight.range()]
             .chunks_exact(c)
             .flat_map(|row| row.iter().zip(&scale).map(|(w, s)| (*w as f64 * s) as f32))
-            .collect();
-        FoldedConv { kind: u.kind, k: u.k, stride: u.stride, cin: u.cin, cout: c, weight, bias, act: u.act }
+            .collect::<Vec<f32>>();
+        let weight = Buf::from_slice(&weight);
+        // Kernels up to 7x7 (the space has 3 and 5) fit the packed kernel's runs.
+        let packed = (u.kind == ConvKind::Dense && u.k <= 7)
+            .then(|| PackedPointwise::pack(&weight, &bias, u.k * u.k * u.cin, c))
+            .flatten();
+        FoldedConv { kind: u.kind, k: u.k, stride: u.stride, cin: u.cin, cout: c, weight, bias, act: u.act, packed }
     }
 
     fn forward(&self, x: &[f32], n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
@@ -127,7 +136,11 @@ impl FoldedConv {
             ConvKind::Dense => {
                 let g = Conv { n, h, w, cin: self.cin, cout: self.cout, k: self.k, stride: self.stride };
                 let mut y = Buf::uninit(n * g.oh() * g.ow() * self.cout);
-                conv::forward_act_into(x, &self.weight, Some(&self.bias), self.act, &g, &mut y);
+                match &self.packed {
+                    Some(pk) if self.k == 1 && self.stride == 1 => pk.forward(x, self.act, &mut y),
+                    Some(pk) => pk.forward_conv(x, &g, self.act, &mut y),
+                    None => conv::forward_act_into(x, &self.weight, Some(&self.bias), self.act, &g, &mut y),
+                }
                 (y, g.oh(), g.ow())
             }
             ConvKind::Depthwise => {
@@ -154,7 +167,7 @@ struct FoldedSe {
 enum FoldedShortcut {
     None,
     Identity,
-    Pool { stride: usize, conv: Option<FoldedConv> },
+    Pool { stride: usize, conv: Option<Box<FoldedConv>> },
 }
 
 /// One searched layer in inference form.
@@ -203,7 +216,7 @@ fn layer_of(p: &Params, eps: f64, l: &LayerUnits, name: String) -> FoldedLayer {
             Shortcut::None => FoldedShortcut::None,
             Shortcut::Identity => FoldedShortcut::Identity,
             Shortcut::Pool { stride, project } => {
-                FoldedShortcut::Pool { stride: *stride, conv: project.as_ref().map(fold) }
+                FoldedShortcut::Pool { stride: *stride, conv: project.as_ref().map(|u| Box::new(fold(u))) }
             }
         },
         act: l.main.act,

@@ -18,7 +18,10 @@ pub fn avx2_fma() -> bool {
 
 /// The instruction set the kernels run with on this CPU, for fingerprints and benchmarks.
 pub fn level() -> &'static str {
-    if avx2_fma() {
+    if crate::kernels::pointwise::available() {
+        // The inference convolutions and depthwise rows run AVX-512 code of their own.
+        "avx512f"
+    } else if avx2_fma() {
         "avx2+fma"
     } else if cfg!(target_arch = "aarch64") {
         "neon"

@@ -1,0 +1,377 @@
+//! Inference convolutions with AVX-512: y (m x n) = act(bias + x (m x k) * W (k x n)) for 1x1
+//! convolutions, and the same product read straight from the input image for k x k ones (each
+//! patch row is k runs of k*cin contiguous floats in NHWC, so no patch matrix is written).
+//!
+//! A folded network's weights never change, so they are packed once into panels of 32 output
+//! channels (k x 32, zero-padded), and a tile of 12 output pixels x 32 channels stays in 24
+//! registers over the whole reduction: bias and activation are applied before the single store.
+//! The general GEMM repacks its operands on every call, which on these short reductions (k of
+//! 16..1152) cost as much as the arithmetic. Without AVX-512, [`PackedPointwise::pack`] declines
+//! and callers keep the general GEMM.
+
+use rayon::prelude::*;
+
+use super::bn::Act;
+use super::conv::Conv;
+use crate::buf::Buf;
+
+/// Output channels per panel: two 16-lane registers.
+const NR: usize = 32;
+/// Output pixels per register tile: 12 x 2 accumulators + 2 weight registers + 1 broadcast.
+const MR: usize = 12;
+/// Output pixels per task: the block's inputs stay in L2 while every panel passes over them.
+const ROWS_PER_BLOCK: usize = 8 * MR;
+
+/// Whether this CPU runs the packed kernels (AVX-512F).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A 1x1 convolution's weights (`k x n`, output channel innermost) and bias, packed for the
+/// AVX-512 kernel.
+#[derive(Debug, Clone)]
+pub struct PackedPointwise {
+    k: usize,
+    n: usize,
+    panels: Buf,
+    bias: Buf,
+}
+
+impl PackedPointwise {
+    /// Packs `w` (`k x n`) and `bias` (`n`); `None` when this CPU lacks AVX-512.
+    pub fn pack(w: &[f32], bias: &[f32], k: usize, n: usize) -> Option<PackedPointwise> {
+        assert!(w.len() == k * n && bias.len() == n, "pointwise weights of {k} x {n}");
+        if !available() || k == 0 || n == 0 {
+            return None;
+        }
+        let panels_n = n.div_ceil(NR);
+        let mut panels = Buf::zeros(panels_n * k * NR);
+        for p in 0..panels_n {
+            let cols = (n - p * NR).min(NR);
+            for kk in 0..k {
+                let dst = (p * k + kk) * NR;
+                panels[dst..dst + cols].copy_from_slice(&w[kk * n + p * NR..][..cols]);
+            }
+        }
+        let mut padded = Buf::zeros(panels_n * NR);
+        padded[..n].copy_from_slice(bias);
+        Some(PackedPointwise { k, n, panels, bias: padded })
+    }
+
+    /// `y` (`m x n`) = act(bias + `x` (`m x k`) * W), rows split across the rayon pool.
+    pub fn forward(&self, x: &[f32], act: Act, y: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
+        let m = x.len() / k;
+        assert!(x.len() == m * k && y.len() == m * n, "pointwise operands of {m} x {k} -> {n}");
+        let run = |(b, out): (usize, &mut [f32])| {
+            let lo = b * ROWS_PER_BLOCK;
+            let rows = out.len() / n;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `pack` only builds a PackedPointwise on a CPU with AVX-512F; the slices
+            // cover `rows` rows of `k` inputs and `n` outputs (asserted above).
+            unsafe {
+                block_avx512(self, &x[lo * k..(lo + rows) * k], act, out, rows)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (lo, rows, out, act);
+        };
+        if rayon::current_num_threads() > 1 && m > ROWS_PER_BLOCK {
+            y.par_chunks_mut(ROWS_PER_BLOCK * n).enumerate().for_each(run);
+        } else {
+            y.chunks_mut(ROWS_PER_BLOCK * n).enumerate().for_each(run);
+        }
+    }
+}
+
+/// One run of the reduction: inputs `kk0..kk0 + len` of tile row 0 start at `x`; row `i`'s at
+/// `x + i * row_stride`.
+#[derive(Clone, Copy)]
+struct Run {
+    kk0: usize,
+    x: *const f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512(pk: &PackedPointwise, x: &[f32], act: Act, out: &mut [f32], rows: usize) {
+    let (k, n) = (pk.k, pk.n);
+    for p in 0..n.div_ceil(NR) {
+        let xp = x.as_ptr();
+        let mut r = 0;
+        while r < rows {
+            let run = [Run { kk0: 0, x: xp.add(r * k) }];
+            r += tiles(pk, p, &run, k, k, act, out.as_mut_ptr().add(r * n), rows - r);
+        }
+    }
+}
+
+/// Up to `MR` output rows (of `avail`) x panel `p` from `runs`; returns the rows done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles(
+    pk: &PackedPointwise,
+    p: usize,
+    runs: &[Run],
+    len: usize,
+    row_stride: usize,
+    act: Act,
+    out: *mut f32,
+    avail: usize,
+) -> usize {
+    let t = Tile {
+        n: pk.n,
+        panel: pk.panels.as_ptr().add(p * pk.k * NR),
+        bias: pk.bias.as_ptr().add(p * NR),
+        cols: (pk.n - p * NR).min(NR),
+        act,
+    };
+    let out = out.add(p * NR);
+    match avail.min(MR) {
+        0 => {}
+        1 => tile::<1>(&t, runs, len, row_stride, out),
+        2 => tile::<2>(&t, runs, len, row_stride, out),
+        3 => tile::<3>(&t, runs, len, row_stride, out),
+        4 => tile::<4>(&t, runs, len, row_stride, out),
+        5 => tile::<5>(&t, runs, len, row_stride, out),
+        6 => tile::<6>(&t, runs, len, row_stride, out),
+        7 => tile::<7>(&t, runs, len, row_stride, out),
+        8 => tile::<8>(&t, runs, len, row_stride, out),
+        9 => tile::<9>(&t, runs, len, row_stride, out),
+        10 => tile::<10>(&t, runs, len, row_stride, out),
+        11 => tile::<11>(&t, runs, len, row_stride, out),
+        _ => tile::<MR>(&t, runs, len, row_stride, out),
+    }
+    avail.min(MR)
+}
+
+/// What a register tile writes: one panel's weights and bias, its valid columns, the activation.
+struct Tile {
+    n: usize,
+    panel: *const f32,
+    bias: *const f32,
+    cols: usize,
+    act: Act,
+}
+
+/// Lanes `lo..lo + 16` of a panel of `cols` valid channels, as a store mask.
+#[cfg(target_arch = "x86_64")]
+fn lane_mask(cols: usize, lo: usize) -> u16 {
+    match cols.saturating_sub(lo) {
+        0 => 0,
+        c if c >= 16 => u16::MAX,
+        c => ((1u32 << c) - 1) as u16,
+    }
+}
+
+/// `R` output rows x one panel over the reduction `runs` (each `len` long); `out` points at row
+/// 0's first output of the panel (row stride `n`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile<const R: usize>(t: &Tile, runs: &[Run], len: usize, row_stride: usize, out: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm512_loadu_ps(t.bias); R];
+    let mut hi = [_mm512_loadu_ps(t.bias.add(16)); R];
+    for run in runs {
+        let panel = t.panel.add(run.kk0 * NR);
+        for kk in 0..len {
+            let w0 = _mm512_loadu_ps(panel.add(kk * NR));
+            let w1 = _mm512_loadu_ps(panel.add(kk * NR + 16));
+            for i in 0..R {
+                let a = _mm512_set1_ps(*run.x.add(i * row_stride + kk));
+                lo[i] = _mm512_fmadd_ps(a, w0, lo[i]);
+                hi[i] = _mm512_fmadd_ps(a, w1, hi[i]);
+            }
+        }
+    }
+    let zero = _mm512_setzero_ps();
+    let six = _mm512_set1_ps(6.0);
+    for i in 0..R {
+        (lo[i], hi[i]) = match t.act {
+            Act::None => (lo[i], hi[i]),
+            Act::Relu => (_mm512_max_ps(lo[i], zero), _mm512_max_ps(hi[i], zero)),
+            Act::Relu6 => {
+                (_mm512_min_ps(_mm512_max_ps(lo[i], zero), six), _mm512_min_ps(_mm512_max_ps(hi[i], zero), six))
+            }
+        };
+    }
+    let (m0, m1) = (lane_mask(t.cols, 0), lane_mask(t.cols, 16));
+    for i in 0..R {
+        _mm512_mask_storeu_ps(out.add(i * t.n), m0, lo[i]);
+        _mm512_mask_storeu_ps(out.add(i * t.n + 16), m1, hi[i]);
+    }
+}
+
+impl PackedPointwise {
+    /// A k x k convolution `g` whose weights (`[ky][kx][cin][cout]`) were packed with
+    /// `k = g.k * g.k * g.cin`: `y` = act(bias + conv(`x`)), one task per output row.
+    pub fn forward_conv(&self, x: &[f32], g: &Conv, act: Act, y: &mut [f32]) {
+        let (oh, ow) = (g.oh(), g.ow());
+        assert!(self.k == g.k * g.k * g.cin && self.n == g.cout, "packed weights of another convolution");
+        assert!(x.len() == g.n * g.h * g.w * g.cin && y.len() == g.n * oh * ow * g.cout, "conv operands");
+        let row = ow * g.cout;
+        let run = |(r, out): (usize, &mut [f32])| {
+            let (b, oy) = (r / oh, r % oh);
+            let img = &x[b * g.h * g.w * g.cin..(b + 1) * g.h * g.w * g.cin];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `forward`; `img` is one whole input image, `out` one output row.
+            unsafe {
+                conv_row_avx512(self, img, g, oy, act, out)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (img, oy, out, act);
+        };
+        if rayon::current_num_threads() > 1 {
+            y.par_chunks_mut(row).enumerate().for_each(run);
+        } else {
+            y.chunks_mut(row).enumerate().for_each(run);
+        }
+    }
+}
+
+/// One output row of a k x k convolution. Pixels whose taps all lie inside the row take register
+/// tiles that read the image directly (a run of k*cin floats per kernel row inside the image);
+/// the few pixels on the left and right edges get a zero-padded patch of their own.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn conv_row_avx512(pk: &PackedPointwise, img: &[f32], g: &Conv, oy: usize, act: Act, out: &mut [f32]) {
+    let (k, s, p, cin, w, ow, n) = (g.k, g.stride, g.pad(), g.cin, g.w, g.ow(), g.cout);
+    let seg = k * cin;
+    let inner_lo = p.div_ceil(s).min(ow);
+    let inner_hi = if w + p >= k { ((w + p - k) / s + 1).min(ow) } else { 0 }.max(inner_lo);
+    let mut patch = vec![0f32; k * seg];
+    for pnl in 0..n.div_ceil(NR) {
+        let mut ox = 0;
+        while ox < ow {
+            let op = out.as_mut_ptr().add(ox * n);
+            if ox >= inner_lo && ox < inner_hi {
+                let mut runs = [Run { kk0: 0, x: img.as_ptr() }; 8];
+                let mut used = 0;
+                for ky in 0..k {
+                    let iy = (oy * s + ky).wrapping_sub(p);
+                    if iy < g.h {
+                        runs[used] = Run { kk0: ky * seg, x: img.as_ptr().add((iy * w + ox * s - p) * cin) };
+                        used += 1;
+                    }
+                }
+                ox += tiles(pk, pnl, &runs[..used], seg, s * cin, act, op, inner_hi - ox);
+            } else {
+                patch.fill(0.0);
+                for ky in 0..k {
+                    let iy = (oy * s + ky).wrapping_sub(p);
+                    if iy >= g.h {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let ix = (ox * s + kx).wrapping_sub(p);
+                        if ix < w {
+                            let src = (iy * w + ix) * cin;
+                            patch[(ky * k + kx) * cin..][..cin].copy_from_slice(&img[src..src + cin]);
+                        }
+                    }
+                }
+                tiles(pk, pnl, &[Run { kk0: 0, x: patch.as_ptr() }], k * seg, 0, act, op, 1);
+                ox += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv;
+    use crate::kernels::testutil::{max_rel, values};
+
+    fn direct(x: &[f32], w: &[f32], bias: &[f32], act: Act, m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                let s: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[i * n + c] as f64).sum::<f64>() + bias[c] as f64;
+                y[r * n + c] = match act {
+                    Act::None => s,
+                    Act::Relu => s.max(0.0),
+                    Act::Relu6 => s.clamp(0.0, 6.0),
+                };
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn packed_kernel_matches_direct_code_on_every_remainder() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: the packed kernel is not used here");
+            assert!(PackedPointwise::pack(&[1.0], &[0.0], 1, 1).is_none());
+            return;
+        }
+        // Row counts around the 12-row tile and the 96-row block, channel counts around the
+        // 16-lane halves and 32-wide panels.
+        for &(m, k, n) in &[
+            (1, 16, 8),
+            (5, 24, 16),
+            (12, 32, 24),
+            (13, 40, 32),
+            (97, 144, 40),
+            (200, 7, 100),
+            (300, 1152, 320),
+            (23, 3, 17),
+        ] {
+            for act in [Act::None, Act::Relu, Act::Relu6] {
+                let x: Vec<f32> = values(m * k, m as u64).iter().map(|v| v * 3.0).collect();
+                let w = values(k * n, k as u64 + 1);
+                let bias = values(n, n as u64 + 2);
+                let pk = PackedPointwise::pack(&w, &bias, k, n).expect("AVX-512 present");
+                let mut y = vec![f32::NAN; m * n];
+                pk.forward(&x, act, &mut y);
+                let err = max_rel(&y, &direct(&x, &w, &bias, act, m, k, n));
+                // f32 rounding grows with the reduction's length (about sqrt(k) ulps).
+                let tol = 2e-6 * (k as f64).sqrt();
+                assert!(err < tol, "m {m} k {k} n {n} {act:?}: relative error {err} (limit {tol})");
+            }
+        }
+    }
+
+    /// k x k convolutions read straight from the image against the im2col + GEMM path, on maps
+    /// smaller than the kernel, odd sizes, strides 1 and 2, and the 3-channel stem.
+    #[test]
+    fn packed_convolution_matches_the_patch_matrix_path() {
+        if !available() {
+            return;
+        }
+        for &(n, h, w, cin, cout, k, stride) in &[
+            (1, 17, 15, 3, 32, 3, 2),
+            (2, 9, 9, 16, 40, 5, 1),
+            (1, 2, 2, 24, 8, 5, 2),
+            (1, 1, 1, 8, 33, 3, 1),
+            (1, 30, 29, 12, 20, 3, 1),
+            (1, 14, 14, 40, 64, 1, 2),
+        ] {
+            let g = Conv { n, h, w, cin, cout, k, stride };
+            let x = values(n * h * w * cin, 7);
+            let wt = values(k * k * cin * cout, 8);
+            let bias = values(cout, 9);
+            for act in [Act::None, Act::Relu6] {
+                let pk = PackedPointwise::pack(&wt, &bias, k * k * cin, cout).expect("AVX-512 present");
+                let mut got = vec![f32::NAN; n * g.oh() * g.ow() * cout];
+                pk.forward_conv(&x, &g, act, &mut got);
+                let mut want = vec![0f32; got.len()];
+                conv::forward_act_into(&x, &wt, Some(&bias), act, &g, &mut want);
+                let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
+                let err = max_rel(&got, &want);
+                assert!(err < 1e-5, "{g:?} {act:?}: relative error {err}");
+            }
+        }
+    }
+}
