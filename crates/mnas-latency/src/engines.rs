@@ -67,6 +67,9 @@ pub struct RankFidelity {
     pub tau_ci: Option<(f64, f64)>,
     /// MACs against engine b, the baseline the paper argues against.
     pub tau_macs: Option<f64>,
+    /// Engine b against itself, measured again after engine a: the agreement that measurement
+    /// noise alone allows, a ceiling for `tau`.
+    pub tau_repeat: Option<f64>,
 }
 
 pub fn rank_fidelity(
@@ -79,9 +82,11 @@ pub fn rank_fidelity(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RankFidelity> {
     let mut rows = Vec::with_capacity(n);
+    let mut repeat = Vec::with_capacity(n);
     for (i, (_, arch)) in space.sample(seed, n).into_iter().enumerate() {
-        let ma = measure_on(a, &arch, opts, &|_| {})?;
         let mb = measure_on(b, &arch, opts, &|_| {})?;
+        let ma = measure_on(a, &arch, opts, &|_| {})?;
+        repeat.push(measure_on(b, &arch, opts, &|_| {})?.stats.median_ms);
         rows.push((arch.canonical(), ma.stats.median_ms, mb.stats.median_ms, mnas_space::count(&arch).macs));
         progress(i + 1, n);
     }
@@ -92,6 +97,7 @@ pub fn rank_fidelity(
         tau: tau_b(&xa, &xb),
         tau_ci: bootstrap_interval(&xa, &xb, tau_b, 2000, 0.95, seed),
         tau_macs: tau_b(&macs, &xb),
+        tau_repeat: tau_b(&repeat, &xb),
         rows,
     })
 }

@@ -114,7 +114,7 @@ unsafe fn block_avx512(pk: &PackedPointwise, x: &[f32], act: Act, out: &mut [f32
     }
 }
 
-/// Up to `MR` output rows (of `avail`) x panel `p` from `runs`; returns the rows done.
+/// Up to `MR` (or `2 * MR` on a narrow panel) output rows (of `avail`) x panel `p` from `runs`; returns the rows done.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -137,22 +137,25 @@ unsafe fn tiles(
         act,
     };
     let out = out.add(p * NR);
-    match avail.min(MR) {
-        0 => {}
-        1 => tile::<1>(&t, runs, len, row_stride, out),
-        2 => tile::<2>(&t, runs, len, row_stride, out),
-        3 => tile::<3>(&t, runs, len, row_stride, out),
-        4 => tile::<4>(&t, runs, len, row_stride, out),
-        5 => tile::<5>(&t, runs, len, row_stride, out),
-        6 => tile::<6>(&t, runs, len, row_stride, out),
-        7 => tile::<7>(&t, runs, len, row_stride, out),
-        8 => tile::<8>(&t, runs, len, row_stride, out),
-        9 => tile::<9>(&t, runs, len, row_stride, out),
-        10 => tile::<10>(&t, runs, len, row_stride, out),
-        11 => tile::<11>(&t, runs, len, row_stride, out),
-        _ => tile::<MR>(&t, runs, len, row_stride, out),
+    // A panel of at most 16 valid channels (the last one of 16 or 24 outputs, say) uses one
+    // register per row, so twice the rows fit.
+    macro_rules! dispatch {
+        ($two:literal, $rows:expr, $($r:literal)*) => {
+            match $rows {
+                $($r => tile::<$r, $two>(&t, runs, len, row_stride, out),)*
+                _ => {}
+            }
+        };
     }
-    avail.min(MR)
+    if t.cols <= 16 {
+        let rows = avail.min(2 * MR);
+        dispatch!(false, rows, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
+        rows
+    } else {
+        let rows = avail.min(MR);
+        dispatch!(true, rows, 1 2 3 4 5 6 7 8 9 10 11 12);
+        rows
+    }
 }
 
 /// What a register tile writes: one panel's weights and bias, its valid columns, the activation.
@@ -175,11 +178,12 @@ fn lane_mask(cols: usize, lo: usize) -> u16 {
 }
 
 /// `R` output rows x one panel over the reduction `runs` (each `len` long); `out` points at row
-/// 0's first output of the panel (row stride `n`).
+/// 0's first output of the panel (row stride `n`). Without `TWO` only the panel's first 16
+/// channels are computed (the caller has no more).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<const R: usize>(t: &Tile, runs: &[Run], len: usize, row_stride: usize, out: *mut f32) {
+unsafe fn tile<const R: usize, const TWO: bool>(t: &Tile, runs: &[Run], len: usize, row_stride: usize, out: *mut f32) {
     use std::arch::x86_64::*;
     let mut lo = [_mm512_loadu_ps(t.bias); R];
     let mut hi = [_mm512_loadu_ps(t.bias.add(16)); R];
@@ -187,29 +191,29 @@ unsafe fn tile<const R: usize>(t: &Tile, runs: &[Run], len: usize, row_stride: u
         let panel = t.panel.add(run.kk0 * NR);
         for kk in 0..len {
             let w0 = _mm512_loadu_ps(panel.add(kk * NR));
-            let w1 = _mm512_loadu_ps(panel.add(kk * NR + 16));
+            let w1 = if TWO { _mm512_loadu_ps(panel.add(kk * NR + 16)) } else { w0 };
             for i in 0..R {
                 let a = _mm512_set1_ps(*run.x.add(i * row_stride + kk));
                 lo[i] = _mm512_fmadd_ps(a, w0, lo[i]);
-                hi[i] = _mm512_fmadd_ps(a, w1, hi[i]);
+                if TWO {
+                    hi[i] = _mm512_fmadd_ps(a, w1, hi[i]);
+                }
             }
         }
     }
     let zero = _mm512_setzero_ps();
     let six = _mm512_set1_ps(6.0);
-    for i in 0..R {
-        (lo[i], hi[i]) = match t.act {
-            Act::None => (lo[i], hi[i]),
-            Act::Relu => (_mm512_max_ps(lo[i], zero), _mm512_max_ps(hi[i], zero)),
-            Act::Relu6 => {
-                (_mm512_min_ps(_mm512_max_ps(lo[i], zero), six), _mm512_min_ps(_mm512_max_ps(hi[i], zero), six))
-            }
-        };
-    }
+    let activate = |v: __m512| match t.act {
+        Act::None => v,
+        Act::Relu => _mm512_max_ps(v, zero),
+        Act::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+    };
     let (m0, m1) = (lane_mask(t.cols, 0), lane_mask(t.cols, 16));
     for i in 0..R {
-        _mm512_mask_storeu_ps(out.add(i * t.n), m0, lo[i]);
-        _mm512_mask_storeu_ps(out.add(i * t.n + 16), m1, hi[i]);
+        _mm512_mask_storeu_ps(out.add(i * t.n), m0, activate(lo[i]));
+        if TWO {
+            _mm512_mask_storeu_ps(out.add(i * t.n + 16), m1, activate(hi[i]));
+        }
     }
 }
 
