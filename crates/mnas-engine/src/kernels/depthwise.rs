@@ -140,30 +140,39 @@ unsafe fn forward_row_avx512(
     // L1 while every block reads them, instead of the k input rows passing once per block.
     let mut ox = 0;
     while ox < ow {
-        let tile = if ox >= inner_lo && ox + 8 <= inner_hi { 8 } else { 1 };
+        let inner = ox >= inner_lo && ox + 8 <= inner_hi;
+        let tile = if inner { 8 } else { (ow - ox).min(8) };
         for cb in (0..c).step_by(16) {
             let mask: u16 = if c - cb >= 16 { u16::MAX } else { ((1u32 << (c - cb)) - 1) as u16 };
             let start = match bias {
                 Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(cb)),
                 None => _mm512_setzero_ps(),
             };
-            if tile == 8 {
-                dw_pixels::<8>(x, wt, &rows, g, cb, mask, start, act, ox, out);
+            if inner {
+                match (k, s) {
+                    (3, 1) => dw_eight::<3, 1>(x, wt, &rows, g, cb, mask, start, act, ox, out),
+                    (3, 2) => dw_eight::<3, 2>(x, wt, &rows, g, cb, mask, start, act, ox, out),
+                    (5, 1) => dw_eight::<5, 1>(x, wt, &rows, g, cb, mask, start, act, ox, out),
+                    (5, 2) => dw_eight::<5, 2>(x, wt, &rows, g, cb, mask, start, act, ox, out),
+                    (7, 1) => dw_eight::<7, 1>(x, wt, &rows, g, cb, mask, start, act, ox, out),
+                    _ => dw_pixels(x, wt, &rows, g, cb, mask, start, act, ox, 8, out),
+                }
             } else {
-                dw_pixels::<1>(x, wt, &rows, g, cb, mask, start, act, ox, out);
+                dw_pixels(x, wt, &rows, g, cb, mask, start, act, ox, tile, out);
             }
         }
         ox += tile;
     }
 }
 
-/// Output pixels `ox..ox + T` of one 16-channel slice. With `T` > 1 every tap must lie inside
-/// the row (the caller checks); a single pixel skips the taps that fall outside.
+/// Eight interior output pixels of one 16-channel slice for a kernel size and stride known at
+/// compile time: each kernel row's inputs (7 * S + K pixels) are loaded into registers once and
+/// shared by the taps that read them, instead of once per tap (8 * K loads).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_pixels<const T: usize>(
+unsafe fn dw_eight<const K: usize, const S: usize>(
     x: &[f32],
     wt: &[f32],
     rows: &[(usize, usize)],
@@ -176,29 +185,72 @@ unsafe fn dw_pixels<const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (c, k, s, p, w) = (g.c, g.k, g.stride, g.pad(), g.w);
-    let mut acc = [start; T];
+    let (c, w, p) = (g.c, g.w, g.pad());
+    let mut acc = [start; 8];
+    let mut xs = [_mm512_setzero_ps(); 21];
     for &(ky, iy) in rows {
-        let xrow = x.as_ptr().add(iy * w * c + cb);
-        let wrow = wt.as_ptr().add(ky * k * c + cb);
-        for kx in 0..k {
+        let base = x.as_ptr().add((iy * w + ox * S - p) * c + cb);
+        for (t, v) in xs.iter_mut().enumerate().take(7 * S + K) {
+            *v = _mm512_maskz_loadu_ps(mask, base.add(t * c));
+        }
+        let wrow = wt.as_ptr().add(ky * K * c + cb);
+        for kx in 0..K {
             let wv = _mm512_maskz_loadu_ps(mask, wrow.add(kx * c));
-            if T == 1 {
-                let ix = (ox * s + kx).wrapping_sub(p);
-                if ix < w {
-                    acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, xrow.add(ix * c)), wv, acc[0]);
-                }
-            } else {
-                let mut px = xrow.add((ox * s + kx - p) * c);
-                for a in acc.iter_mut() {
-                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, px), wv, *a);
-                    px = px.add(s * c);
-                }
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(xs[j * S + kx], wv, *a);
             }
         }
     }
     let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
     for (j, a) in acc.into_iter().enumerate() {
+        let v = match act {
+            Act::None => a,
+            Act::Relu => _mm512_max_ps(a, zero),
+            Act::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), six),
+        };
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add((ox + j) * c + cb), mask, v);
+    }
+}
+
+/// Output pixels `ox..ox + count` (at most 8) of one 16-channel slice, any kernel and stride,
+/// skipping the taps that fall outside the row: the edges of every row and whole rows of maps
+/// narrower than 8 + the kernel. The pixels' sums are independent, so their FMAs overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_pixels(
+    x: &[f32],
+    wt: &[f32],
+    rows: &[(usize, usize)],
+    g: &Dw,
+    cb: usize,
+    mask: u16,
+    start: std::arch::x86_64::__m512,
+    act: Act,
+    ox: usize,
+    count: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (c, k, s, p, w) = (g.c, g.k, g.stride, g.pad(), g.w);
+    let count = count.min(8);
+    let mut acc = [start; 8];
+    for &(ky, iy) in rows {
+        let xrow = x.as_ptr().add(iy * w * c + cb);
+        let wrow = wt.as_ptr().add(ky * k * c + cb);
+        for kx in 0..k {
+            let wv = _mm512_maskz_loadu_ps(mask, wrow.add(kx * c));
+            for (j, a) in acc.iter_mut().enumerate().take(count) {
+                let ix = ((ox + j) * s + kx).wrapping_sub(p);
+                if ix < w {
+                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, xrow.add(ix * c)), wv, *a);
+                }
+            }
+        }
+    }
+    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    for (j, a) in acc.into_iter().enumerate().take(count) {
         let v = match act {
             Act::None => a,
             Act::Relu => _mm512_max_ps(a, zero),
@@ -340,9 +392,17 @@ mod tests {
     /// every activation, on channel counts around the 16-lane blocks.
     #[test]
     fn avx512_rows_match_the_portable_rows() {
-        for &(n, h, w, c, k, stride) in
-            &[(1, 9, 7, 17, 7, 1), (2, 14, 14, 40, 5, 2), (1, 5, 6, 8, 3, 1), (1, 2, 2, 33, 5, 2)]
-        {
+        // Rows wide enough for 8-pixel tiles of every (kernel, stride) with a kernel of its own,
+        // and maps smaller than the kernel.
+        for &(n, h, w, c, k, stride) in &[
+            (1, 9, 17, 17, 7, 1),
+            (1, 9, 35, 16, 7, 2),
+            (2, 14, 30, 40, 5, 2),
+            (1, 6, 20, 24, 5, 1),
+            (1, 5, 19, 8, 3, 1),
+            (1, 7, 40, 48, 3, 2),
+            (1, 2, 2, 33, 5, 2),
+        ] {
             let g = Dw { n, h, w, c, k, stride };
             let x: Vec<f32> = values(n * h * w * c, 4).iter().map(|v| v * 4.0).collect();
             let wt = values(k * k * c, 5);
