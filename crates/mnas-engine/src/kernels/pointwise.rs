@@ -67,28 +67,46 @@ impl PackedPointwise {
         Some(PackedPointwise { k, n, panels, bias: padded })
     }
 
-    /// `y` (`m x n`) = act(bias + `x` (`m x k`) * W), rows split across the rayon pool.
+    /// `y` (`m x n`) = act(bias + `x` (`m x k`) * W), split across the rayon pool by blocks of
+    /// rows and by panels of columns (the 7x7 maps at the end of a network have one block only).
     pub fn forward(&self, x: &[f32], act: Act, y: &mut [f32]) {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         assert!(x.len() == m * k && y.len() == m * n, "pointwise operands of {m} x {k} -> {n}");
-        let run = |(b, out): (usize, &mut [f32])| {
+        let (blocks, panels) = (m.div_ceil(ROWS_PER_BLOCK), n.div_ceil(NR));
+        let out = SharedOut(y.as_mut_ptr());
+        let task = |t: usize| {
+            let (b, p) = (t / panels, t % panels);
             let lo = b * ROWS_PER_BLOCK;
-            let rows = out.len() / n;
+            let rows = ROWS_PER_BLOCK.min(m - lo);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `pack` only builds a PackedPointwise on a CPU with AVX-512F; the slices
-            // cover `rows` rows of `k` inputs and `n` outputs (asserted above).
+            // SAFETY: `pack` only builds a PackedPointwise on a CPU with AVX-512F; task (b, p)
+            // reads rows lo..lo + rows of `x` and writes only their columns of panel p, so
+            // tasks never write the same element, and every row lies inside `y` (asserted).
             unsafe {
-                block_avx512(self, &x[lo * k..(lo + rows) * k], act, out, rows)
+                block_avx512(self, &x[lo * k..(lo + rows) * k], act, out.at(lo * n), rows, p)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (lo, rows, out, act);
+            let _ = (rows, p, act, &out);
         };
-        if rayon::current_num_threads() > 1 && m > ROWS_PER_BLOCK {
-            y.par_chunks_mut(ROWS_PER_BLOCK * n).enumerate().for_each(run);
+        if rayon::current_num_threads() > 1 && m * k * n >= PARALLEL_MACS && blocks * panels > 1 {
+            (0..blocks * panels).into_par_iter().for_each(task);
         } else {
-            y.chunks_mut(ROWS_PER_BLOCK * n).enumerate().for_each(run);
+            (0..blocks * panels).for_each(task);
         }
+    }
+}
+
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MACS: usize = 1 << 17;
+
+/// The output of [`PackedPointwise::forward`], shared by tasks that write disjoint elements.
+struct SharedOut(*mut f32);
+// SAFETY: only used by `forward`, whose tasks write disjoint (row block, panel) parts.
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
     }
 }
 
@@ -102,15 +120,13 @@ struct Run {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(pk: &PackedPointwise, x: &[f32], act: Act, out: &mut [f32], rows: usize) {
+unsafe fn block_avx512(pk: &PackedPointwise, x: &[f32], act: Act, out: *mut f32, rows: usize, p: usize) {
     let (k, n) = (pk.k, pk.n);
-    for p in 0..n.div_ceil(NR) {
-        let xp = x.as_ptr();
-        let mut r = 0;
-        while r < rows {
-            let run = [Run { kk0: 0, x: xp.add(r * k) }];
-            r += tiles(pk, p, &run, k, k, act, out.as_mut_ptr().add(r * n), rows - r);
-        }
+    let xp = x.as_ptr();
+    let mut r = 0;
+    while r < rows {
+        let run = [Run { kk0: 0, x: xp.add(r * k) }];
+        r += tiles(pk, p, &run, k, k, act, out.add(r * n), rows - r);
     }
 }
 
