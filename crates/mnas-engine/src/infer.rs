@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::kernels::bn::Act;
 use crate::kernels::conv::{self, Conv};
 use crate::kernels::depthwise::{self, Dw};
+use crate::kernels::fused;
 use crate::kernels::pointwise::PackedPointwise;
 use crate::kernels::pool;
 use crate::mat::{par_gemm, View};
@@ -28,6 +29,8 @@ pub enum OpKind {
     Pointwise,
     /// kxk depthwise convolutions.
     Depthwise,
+    /// An MBConv expansion and its depthwise convolution run row by row together (AVX-512).
+    ExpandDepthwise,
     /// kxk regular convolutions of `cn` layers.
     Conv,
     SqueezeExcite,
@@ -38,10 +41,11 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Stem,
         OpKind::Pointwise,
         OpKind::Depthwise,
+        OpKind::ExpandDepthwise,
         OpKind::Conv,
         OpKind::SqueezeExcite,
         OpKind::Shortcut,
@@ -53,6 +57,7 @@ impl OpKind {
             OpKind::Stem => "stem",
             OpKind::Pointwise => "pointwise",
             OpKind::Depthwise => "depthwise",
+            OpKind::ExpandDepthwise => "expand+depthwise",
             OpKind::Conv => "conv kxk",
             OpKind::SqueezeExcite => "SE",
             OpKind::Shortcut => "shortcut",
@@ -63,7 +68,7 @@ impl OpKind {
 
 thread_local! {
     /// Time per op kind while [`Folded::forward_ops`] runs on this thread.
-    static OP_TIMES: std::cell::RefCell<Option<[Duration; 7]>> = const { std::cell::RefCell::new(None) };
+    static OP_TIMES: std::cell::RefCell<Option<[Duration; 8]>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f`, adding its time to `kind` when an op breakdown is being taken.
@@ -264,10 +269,14 @@ impl FoldedLayer {
     }
 
     fn forward(&self, x: Buf, n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
-        let expanded = self.expand.as_ref().map(|c| c.forward(&x, n, h, w).0);
-        let main_in: &[f32] = expanded.as_deref().unwrap_or(&x);
-        let (mut y, oh, ow) = self.main.forward(main_in, n, h, w);
-        drop(expanded);
+        let (mut y, oh, ow) = match self.fused(&x, n, h, w) {
+            Some(done) => done,
+            None => {
+                let expanded = self.expand.as_ref().map(|c| c.forward(&x, n, h, w).0);
+                let main_in: &[f32] = expanded.as_deref().unwrap_or(&x);
+                self.main.forward(main_in, n, h, w)
+            }
+        };
         if let Some(se) = &self.se {
             let img = oh * ow * se.c;
             timed(OpKind::SqueezeExcite, || {
@@ -302,6 +311,29 @@ impl FoldedLayer {
             }
         }
         (out, oh, ow)
+    }
+}
+
+/// Smallest map fused: below it the expanded tensor fits in cache anyway, and expanding a few
+/// pixels per row at a time costs more than it saves.
+const FUSE_MIN_PIXELS: usize = 28 * 28;
+
+impl FoldedLayer {
+    /// The expansion and depthwise convolution run together (see `kernels::fused`), where the
+    /// layer has both and this CPU the kernels.
+    fn fused(&self, x: &[f32], n: usize, h: usize, w: usize) -> Option<(Buf, usize, usize)> {
+        let expand = self.expand.as_ref()?;
+        let packed = expand.packed.as_ref()?;
+        if self.main.kind != ConvKind::Depthwise || expand.k != 1 || expand.stride != 1 || h * w < FUSE_MIN_PIXELS {
+            return None;
+        }
+        let g = Dw { n, h, w, c: self.main.cin, k: self.main.k, stride: self.main.stride };
+        let mut y = Buf::uninit(n * g.oh() * g.ow() * g.c);
+        let m = &self.main;
+        let done = timed(OpKind::ExpandDepthwise, || {
+            fused::expand_depthwise_into(x, expand.cin, packed, expand.act, &m.weight, &m.bias, m.act, &g, &mut y)
+        });
+        done.then_some((y, g.oh(), g.ow()))
     }
 }
 
@@ -366,7 +398,7 @@ impl Folded {
 
     /// The forward pass with the time of each op kind (see [`OpKind`]), on this thread.
     pub fn forward_ops(&self, images: &[f32], n: usize, size: usize) -> Result<Vec<(OpKind, Duration)>, EngineError> {
-        OP_TIMES.with(|t| *t.borrow_mut() = Some([Duration::ZERO; 7]));
+        OP_TIMES.with(|t| *t.borrow_mut() = Some([Duration::ZERO; 8]));
         let r = self.forward(images, n, size);
         let times = OP_TIMES.with(|t| t.borrow_mut().take()).unwrap_or_default();
         r.map(|_| OpKind::ALL.iter().copied().zip(times).collect())

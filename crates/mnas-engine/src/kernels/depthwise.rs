@@ -42,7 +42,7 @@ impl Dw {
         let hi = if self.w + p > kx { ((self.w - 1 + p - kx) / s + 1).min(self.ow()) } else { 0 };
         (lo, hi.max(lo))
     }
-    fn iy(&self, oy: usize, ky: usize) -> Option<usize> {
+    pub(crate) fn iy(&self, oy: usize, ky: usize) -> Option<usize> {
         let iy = (oy * self.stride + ky) as isize - self.pad() as isize;
         (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
     }
@@ -129,10 +129,33 @@ unsafe fn forward_row_avx512(
     oy: usize,
     out: &mut [f32],
 ) {
+    assert!(x.len() == g.in_image() && out.len() == g.ow() * g.c && wt.len() == g.k * g.k * g.c);
+    let rows: Vec<InputRow> =
+        (0..g.k).filter_map(|ky| g.iy(oy, ky).map(|iy| (ky, x.as_ptr().add(iy * g.w * g.c)))).collect();
+    row_from_avx512(&rows, wt, bias, act, g, out);
+}
+
+/// A kernel row `ky` and the start of the input row (`w x c`) it reads.
+pub(crate) type InputRow = (usize, *const f32);
+
+/// One output row from the input rows its kernel rows read (those inside the image): the rows
+/// may live anywhere, such as a ring of freshly expanded rows (see `kernels::fused`).
+///
+/// # Safety
+/// The CPU has AVX-512F; each row pointer addresses `w * c` floats; `out` holds `ow * c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn row_from_avx512(
+    rows: &[InputRow],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    g: &Dw,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let (c, k, s, p, w, ow) = (g.c, g.k, g.stride, g.pad(), g.w, g.ow());
-    assert!(x.len() == g.in_image() && out.len() == ow * c && wt.len() == k * k * c);
-    let rows: Vec<(usize, usize)> = (0..k).filter_map(|ky| g.iy(oy, ky).map(|iy| (ky, iy))).collect();
+    assert!(out.len() == ow * c && wt.len() == k * k * c);
     // Output pixels whose taps all fall inside the row: p <= ox*s and ox*s + k - 1 - p < w.
     let inner_lo = p.div_ceil(s).min(ow);
     let inner_hi = if w + p >= k { ((w + p - k) / s + 1).min(ow) } else { 0 }.max(inner_lo);
@@ -150,15 +173,15 @@ unsafe fn forward_row_avx512(
             };
             if inner {
                 match (k, s) {
-                    (3, 1) => dw_eight::<3, 1>(x, wt, &rows, g, cb, mask, start, act, ox, out),
-                    (3, 2) => dw_eight::<3, 2>(x, wt, &rows, g, cb, mask, start, act, ox, out),
-                    (5, 1) => dw_eight::<5, 1>(x, wt, &rows, g, cb, mask, start, act, ox, out),
-                    (5, 2) => dw_eight::<5, 2>(x, wt, &rows, g, cb, mask, start, act, ox, out),
-                    (7, 1) => dw_eight::<7, 1>(x, wt, &rows, g, cb, mask, start, act, ox, out),
-                    _ => dw_pixels(x, wt, &rows, g, cb, mask, start, act, ox, 8, out),
+                    (3, 1) => dw_eight::<3, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                    (3, 2) => dw_eight::<3, 2>(wt, rows, g, cb, mask, start, act, ox, out),
+                    (5, 1) => dw_eight::<5, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                    (5, 2) => dw_eight::<5, 2>(wt, rows, g, cb, mask, start, act, ox, out),
+                    (7, 1) => dw_eight::<7, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                    _ => dw_pixels(wt, rows, g, cb, mask, start, act, ox, 8, out),
                 }
             } else {
-                dw_pixels(x, wt, &rows, g, cb, mask, start, act, ox, tile, out);
+                dw_pixels(wt, rows, g, cb, mask, start, act, ox, tile, out);
             }
         }
         ox += tile;
@@ -173,9 +196,8 @@ unsafe fn forward_row_avx512(
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_eight<const K: usize, const S: usize>(
-    x: &[f32],
     wt: &[f32],
-    rows: &[(usize, usize)],
+    rows: &[InputRow],
     g: &Dw,
     cb: usize,
     mask: u16,
@@ -185,11 +207,11 @@ unsafe fn dw_eight<const K: usize, const S: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (c, w, p) = (g.c, g.w, g.pad());
+    let (c, p) = (g.c, g.pad());
     let mut acc = [start; 8];
     let mut xs = [_mm512_setzero_ps(); 21];
-    for &(ky, iy) in rows {
-        let base = x.as_ptr().add((iy * w + ox * S - p) * c + cb);
+    for &(ky, row) in rows {
+        let base = row.add((ox * S - p) * c + cb);
         for (t, v) in xs.iter_mut().enumerate().take(7 * S + K) {
             *v = _mm512_maskz_loadu_ps(mask, base.add(t * c));
         }
@@ -220,9 +242,8 @@ unsafe fn dw_eight<const K: usize, const S: usize>(
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_pixels(
-    x: &[f32],
     wt: &[f32],
-    rows: &[(usize, usize)],
+    rows: &[InputRow],
     g: &Dw,
     cb: usize,
     mask: u16,
@@ -236,8 +257,8 @@ unsafe fn dw_pixels(
     let (c, k, s, p, w) = (g.c, g.k, g.stride, g.pad(), g.w);
     let count = count.min(8);
     let mut acc = [start; 8];
-    for &(ky, iy) in rows {
-        let xrow = x.as_ptr().add(iy * w * c + cb);
+    for &(ky, row) in rows {
+        let xrow = row.add(cb);
         let wrow = wt.as_ptr().add(ky * k * c + cb);
         for kx in 0..k {
             let wv = _mm512_maskz_loadu_ps(mask, wrow.add(kx * c));

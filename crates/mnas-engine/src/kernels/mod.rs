@@ -5,6 +5,7 @@
 pub mod bn;
 pub mod conv;
 pub mod depthwise;
+pub mod fused;
 pub mod pointwise;
 pub mod pool;
 pub mod se;

@@ -70,6 +70,20 @@ impl PackedPointwise {
     /// `y` (`m x n`) = act(bias + `x` (`m x k`) * W), split across the rayon pool by blocks of
     /// rows and by panels of columns (the 7x7 maps at the end of a network have one block only).
     pub fn forward(&self, x: &[f32], act: Act, y: &mut [f32]) {
+        self.forward_on(x, act, y, rayon::current_num_threads() > 1)
+    }
+
+    /// [`forward`](Self::forward) on the calling thread (a task that already has its share).
+    pub fn forward_here(&self, x: &[f32], act: Act, y: &mut [f32]) {
+        self.forward_on(x, act, y, false)
+    }
+
+    /// Output channels.
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    fn forward_on(&self, x: &[f32], act: Act, y: &mut [f32], parallel: bool) {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         assert!(x.len() == m * k && y.len() == m * n, "pointwise operands of {m} x {k} -> {n}");
@@ -89,7 +103,7 @@ impl PackedPointwise {
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (rows, p, act, &out);
         };
-        if rayon::current_num_threads() > 1 && m * k * n >= PARALLEL_MACS && blocks * panels > 1 {
+        if parallel && m * k * n >= PARALLEL_MACS && blocks * panels > 1 {
             (0..blocks * panels).into_par_iter().for_each(task);
         } else {
             (0..blocks * panels).for_each(task);
