@@ -254,6 +254,23 @@ impl PackedPointwise {
         let (oh, ow) = (g.oh(), g.ow());
         assert!(self.k == g.k * g.k * g.cin && self.n == g.cout, "packed weights of another convolution");
         assert!(x.len() == g.n * g.h * g.w * g.cin && y.len() == g.n * oh * ow * g.cout, "conv operands");
+        if ow < 2 * MR {
+            // Narrow maps: row by row, a register tile would hold only a few pixels and stream
+            // the whole (large) panel for each; one patch matrix per image lets tiles span rows.
+            let image_out = oh * ow * g.cout;
+            for (b, out) in y.chunks_mut(image_out).enumerate() {
+                let img = &x[b * g.h * g.w * g.cin..(b + 1) * g.h * g.w * g.cin];
+                let patch = self.k;
+                let mut patches = Buf::zeros(oh * ow * patch);
+                patches.par_chunks_mut(ow * patch).enumerate().for_each(|(oy, rows)| {
+                    for (ox, dst) in rows.chunks_exact_mut(patch).enumerate() {
+                        fill_patch(img, g, oy, ox, dst);
+                    }
+                });
+                self.forward(&patches, act, out);
+            }
+            return;
+        }
         let row = ow * g.cout;
         let run = |(r, out): (usize, &mut [f32])| {
             let (b, oy) = (r / oh, r % oh);
@@ -274,6 +291,25 @@ impl PackedPointwise {
     }
 }
 
+/// The taps of output pixel (`oy`, `ox`) into `patch` (`k * k * cin`, zeros where the kernel
+/// falls on the padding; `patch` holds zeros on entry).
+fn fill_patch(img: &[f32], g: &Conv, oy: usize, ox: usize, patch: &mut [f32]) {
+    let (k, s, p, cin) = (g.k, g.stride, g.pad(), g.cin);
+    for ky in 0..k {
+        let iy = (oy * s + ky).wrapping_sub(p);
+        if iy >= g.h {
+            continue;
+        }
+        for kx in 0..k {
+            let ix = (ox * s + kx).wrapping_sub(p);
+            if ix < g.w {
+                let src = (iy * g.w + ix) * cin;
+                patch[(ky * k + kx) * cin..][..cin].copy_from_slice(&img[src..src + cin]);
+            }
+        }
+    }
+}
+
 /// One output row of a k x k convolution. Pixels whose taps all lie inside the row take register
 /// tiles that read the image directly (a run of k*cin floats per kernel row inside the image);
 /// the few pixels on the left and right edges get a zero-padded patch of their own.
@@ -284,40 +320,40 @@ unsafe fn conv_row_avx512(pk: &PackedPointwise, img: &[f32], g: &Conv, oy: usize
     let seg = k * cin;
     let inner_lo = p.div_ceil(s).min(ow);
     let inner_hi = if w + p >= k { ((w + p - k) / s + 1).min(ow) } else { 0 }.max(inner_lo);
-    let mut patch = vec![0f32; k * seg];
+    // The edge pixels' patches, zero-padded, one row each: left edge first, then right edge.
+    let edges: Vec<usize> = (0..inner_lo).chain(inner_hi..ow).collect();
+    let mut patches = Buf::zeros(edges.len() * k * seg);
+    for (e, &ox) in edges.iter().enumerate() {
+        fill_patch(img, g, oy, ox, &mut patches[e * k * seg..(e + 1) * k * seg]);
+    }
+    let mut runs = [Run { kk0: 0, x: img.as_ptr() }; 8];
+    let mut used = 0;
+    for ky in 0..k {
+        let iy = (oy * s + ky).wrapping_sub(p);
+        if iy < g.h {
+            runs[used] = Run { kk0: ky * seg, x: img.as_ptr().add(iy * w * cin) };
+            used += 1;
+        }
+    }
     for pnl in 0..n.div_ceil(NR) {
-        let mut ox = 0;
-        while ox < ow {
-            let op = out.as_mut_ptr().add(ox * n);
-            if ox >= inner_lo && ox < inner_hi {
-                let mut runs = [Run { kk0: 0, x: img.as_ptr() }; 8];
-                let mut used = 0;
-                for ky in 0..k {
-                    let iy = (oy * s + ky).wrapping_sub(p);
-                    if iy < g.h {
-                        runs[used] = Run { kk0: ky * seg, x: img.as_ptr().add((iy * w + ox * s - p) * cin) };
-                        used += 1;
-                    }
-                }
-                ox += tiles(pk, pnl, &runs[..used], seg, s * cin, act, op, inner_hi - ox);
-            } else {
-                patch.fill(0.0);
-                for ky in 0..k {
-                    let iy = (oy * s + ky).wrapping_sub(p);
-                    if iy >= g.h {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = (ox * s + kx).wrapping_sub(p);
-                        if ix < w {
-                            let src = (iy * w + ix) * cin;
-                            patch[(ky * k + kx) * cin..][..cin].copy_from_slice(&img[src..src + cin]);
-                        }
-                    }
-                }
-                tiles(pk, pnl, &[Run { kk0: 0, x: patch.as_ptr() }], k * seg, 0, act, op, 1);
-                ox += 1;
+        // Edge groups as register tiles over their patches (rows `k * seg` apart), so that the
+        // sums of several pixels overlap instead of one pixel's running alone.
+        for (first, count, at) in [(0, inner_lo, 0), (inner_hi, ow - inner_hi, inner_lo)] {
+            let mut done = 0;
+            while done < count {
+                let run = [Run { kk0: 0, x: patches.as_ptr().add((at + done) * k * seg) }];
+                let op = out.as_mut_ptr().add((first + done) * n);
+                done += tiles(pk, pnl, &run, k * seg, k * seg, act, op, count - done);
             }
+        }
+        let mut ox = inner_lo;
+        while ox < inner_hi {
+            let mut shifted = runs;
+            for r in &mut shifted[..used] {
+                r.x = r.x.add((ox * s - p) * cin);
+            }
+            let op = out.as_mut_ptr().add(ox * n);
+            ox += tiles(pk, pnl, &shifted[..used], seg, s * cin, act, op, inner_hi - ox);
         }
     }
 }
@@ -390,6 +426,8 @@ mod tests {
             (1, 2, 2, 24, 8, 5, 2),
             (1, 1, 1, 8, 33, 3, 1),
             (1, 30, 29, 12, 20, 3, 1),
+            (1, 6, 60, 8, 40, 5, 2),
+            (1, 5, 50, 3, 32, 3, 1),
             (1, 14, 14, 40, 64, 1, 2),
         ] {
             let g = Conv { n, h, w, cin, cout, k, stride };

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use mnas_latency::engines::{rank_fidelity, side_by_side};
 use mnas_latency::measure::{op_breakdown, planned_cores};
@@ -34,6 +34,9 @@ pub struct BenchLatencyArgs {
     /// Timed runs per sampled architecture.
     #[arg(long, default_value_t = 10)]
     pub archs_runs: usize,
+    /// Also write the sampled architectures' latencies (arch, built-in ms, ORT ms, MACs) as CSV.
+    #[arg(long, value_name = "PATH")]
+    pub csv: Option<PathBuf>,
     /// libonnxruntime.so [default: $MNAS_ORT_LIB, else the onnxruntime wheel of $VIRTUAL_ENV or ./.venv].
     #[arg(long, env = "MNAS_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
@@ -82,6 +85,14 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
             eprint!("\r  rank agreement: {done}/{n} architectures measured on both engines");
         })?;
         eprintln!();
+        if let Some(path) = &args.csv {
+            let mut text = String::from("arch,builtin_ms,ort_ms,macs\n");
+            for (arch, a, b, macs) in &r.rows {
+                text.push_str(&format!("\"{arch}\",{a:.4},{b:.4},{macs}\n"));
+            }
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            println!("latencies of the sampled architectures: {}", path.display());
+        }
         let ratios: Vec<f64> = r.rows.iter().map(|x| x.1 / x.2).collect();
         let mean_ratio = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
         let fmt = |v: Option<f64>| v.map(|t| format!("{t:.3}")).unwrap_or_else(|| "n/a".into());
