@@ -268,6 +268,15 @@ impl FoldedLayer {
         Ok(self.forward(Buf::from_slice(x), n, h, w).0.into_vec())
     }
 
+    /// [`FoldedLayer::run`] on a buffer it consumes, without copying input or output (a lookup
+    /// table times layers with it as a network runs them).
+    pub fn run_buf(&self, x: Buf, n: usize, h: usize, w: usize) -> Result<Buf, EngineError> {
+        if x.len() != n * h * w * self.cin || n == 0 {
+            return Err(EngineError::Input { got: x.len(), n, size: h });
+        }
+        Ok(self.forward(x, n, h, w).0)
+    }
+
     fn forward(&self, x: Buf, n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
         let (mut y, oh, ow) = match self.fused(&x, n, h, w) {
             Some(done) => done,

@@ -282,9 +282,34 @@ impl Lut {
         Ok((total, stages))
     }
 
-    /// Predicted latency of `arch` in ms (the search's latency source).
+    /// Predicted latency of `arch` in ms (the search's latency source). Only the keys are built
+    /// (no stage names or descriptions unless an entry is missing): a few microseconds.
     pub fn predict(&self, arch: &Arch) -> LutResult<f64> {
-        Ok(self.predict_detailed(arch)?.predicted_ms)
+        let Some(fit) = &self.fit else {
+            return Err(LutError::Incomplete { have: self.entries.len(), want: self.configs });
+        };
+        if arch.resolution != self.resolution {
+            return Err(LutError::Resolution { lut: self.resolution, arch: arch.resolution });
+        }
+        let layers = arch.layers();
+        let (head_in, size) =
+            layers.last().map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+        let mut total = 0.0;
+        let mut key = String::with_capacity(96);
+        for stage in 0..layers.len() + 2 {
+            key.clear();
+            match stage {
+                0 => key.push_str(&stem_key(arch)),
+                s if s <= layers.len() => write_layer_key(&mut key, &layers[s - 1], arch.activation),
+                _ => key.push_str(&head_key(arch, head_in, size)),
+            }
+            match self.entries.get(key.as_str()) {
+                Some(entry) => total += entry.median_ms,
+                // The detailed path names the stage in its error.
+                None => return self.predict_detailed(arch).map(|p| p.predicted_ms),
+            }
+        }
+        Ok(fit.apply(total))
     }
 
     /// [`Lut::predict`] with the stage entries behind the prediction.
@@ -311,19 +336,30 @@ pub fn head_key(arch: &Arch, in_channels: u32, size: u32) -> String {
 /// at each stage, SE width, resolved residual, input size, activation). Two layers with the same
 /// key run the same kernels on the same shapes.
 pub fn layer_key(l: &Layer, act: Activation) -> String {
-    let op = match l.op {
-        ConvOp::Conv => "conv".to_string(),
-        ConvOp::SepConv => "dconv".to_string(),
-        ConvOp::MbConv => format!("mbconv{}", l.expand),
-    };
+    let mut key = String::with_capacity(64);
+    write_layer_key(&mut key, l, act);
+    key
+}
+
+/// [`layer_key`] appended to `key` (predictions reuse one buffer instead of allocating per layer).
+fn write_layer_key(key: &mut String, l: &Layer, act: Activation) {
+    use std::fmt::Write;
+    match l.op {
+        ConvOp::Conv => key.push_str("conv"),
+        ConvOp::SepConv => key.push_str("dconv"),
+        ConvOp::MbConv => {
+            let _ = write!(key, "mbconv{}", l.expand);
+        }
+    }
     let residual = match l.residual {
         Residual::None => "none",
         Residual::Identity => "id",
         Residual::Pool { project: false, .. } => "pool",
         Residual::Pool { project: true, .. } => "pool1x1",
     };
-    format!(
-        "{op}_k{}_s{}_i{}_m{}_o{}_se{}_{residual}_r{}_{}",
+    let _ = write!(
+        key,
+        "_k{}_s{}_i{}_m{}_o{}_se{}_{residual}_r{}_{}",
         l.kernel,
         l.stride,
         l.in_channels,
@@ -332,7 +368,7 @@ pub fn layer_key(l: &Layer, act: Activation) -> String {
         l.se_channels,
         l.in_size,
         act.name()
-    )
+    );
 }
 
 /// The LUT stages of `arch` in execution order: stem, every layer, head (+ classifier).

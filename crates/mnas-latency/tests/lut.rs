@@ -121,6 +121,8 @@ fn prediction_is_near_the_measurement_of_a_held_out_arch() {
     lut.check_device().expect("built here");
     let (_, arch) = small_space().sample(12345, 1).remove(0);
     let predicted = lut.predict(&arch).expect("in the space");
+    // The fast path (keys only) sums the same entries as the detailed one.
+    assert_eq!(predicted, lut.predict_detailed(&arch).expect("in the space").predicted_ms);
     let m = measure_arch(&arch, &MeasureOptions { runs: 15, warmup: 3, ..Default::default() }).expect("measures");
     let ratio = predicted / m.stats.median_ms;
     // Loose: a shared 2-core machine is noisy, but a table that is off by 2x is broken.

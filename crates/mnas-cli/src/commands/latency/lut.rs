@@ -38,6 +38,11 @@ times it alone in inference form (BN folded) on a pinned core (--warmup untimed,
 timed passes, median kept), then measures --fit-archs random archs end to end and fits \
 `latency = a * (sum of their layers) + b`. `mnas latency predict` then answers in microseconds.
 
+Against a machine whose speed drifts, entries are timed in a seeded shuffled order (not block by \
+block), an entry whose spread exceeds --max-cv is timed again (up to twice, the tightest kept), and \
+a reference layer is re-timed every 100 entries: when it moved by more than 5 %, those 100 are \
+timed again.
+
 The table is saved atomically every 30 s; --resume continues an interrupted build. It is only valid \
 on this device, at this resolution and thread count: the device fingerprint is stored with it.
 
@@ -71,8 +76,11 @@ pub struct BuildLutArgs {
     /// Core to pin to; default: the last allowed core(s).
     #[arg(long)]
     pub core: Option<usize>,
+    /// An entry whose spread (coefficient of variation) exceeds this is timed again, up to twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_cv: f64,
     /// Random archs measured end to end for the overhead fit.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 50)]
     pub fit_archs: usize,
     /// Seed of the fit archs (lut-report refuses the same seed, so its archs are held out).
     #[arg(long, default_value_t = 1)]
@@ -191,6 +199,7 @@ fn build(args: BuildLutArgs) -> Result<()> {
         fit_seed: args.fit_seed,
         fit_runs: args.fit_runs,
         seed: 0,
+        max_cv: args.max_cv,
     };
     opts.validate()?;
     if args.classes == 0 {
