@@ -244,6 +244,25 @@ fn search_measures_latency_through_an_agent_and_through_a_lookup_table() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let trials = RunStore::open_read_only(&lut_run).unwrap().trials().unwrap();
     assert!(trials.iter().all(|t| t.status == TrialStatus::Ok && t.latency_ms.unwrap() > 0.0), "{trials:?}");
+    // `--target auto` on a table: the target is the table's prediction for MobileNetV2.
+    let auto_run = dir.join("lut-auto");
+    let mut args = tiny(&auto_run, &dir.join("unused.sqlite"), 2);
+    let at = args.iter().position(|a| a == "--target").unwrap();
+    args[at + 1] = "auto".into();
+    args.extend(["--latency-lut".into(), lut.to_str().unwrap().into()]);
+    let o = mnas().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let predicted = mnas()
+        .args(["latency", "predict", "--arch", "mobilenetv2_100", "--resolution", "32", "--classes", "10"])
+        .args(["--lut", lut.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(predicted.status.success(), "{}", String::from_utf8_lossy(&predicted.stderr));
+    let predicted: serde_json::Value = serde_json::from_slice(&predicted.stdout).unwrap();
+    let store = RunStore::open_read_only(&auto_run).unwrap();
+    let target: f64 = store.meta(mnas_search::store::meta_keys::TARGET_MS).unwrap().unwrap().parse().unwrap();
+    let want = predicted["predicted_ms"].as_f64().unwrap();
+    assert!((target - want).abs() <= 1e-9 * want, "target {target} ms, MobileNetV2 predicted {want} ms");
     // A table for another resolution is refused before the search starts.
     let mut args = tiny(&dir.join("lut-64"), &dir.join("unused.sqlite"), 2);
     let at = args.iter().position(|a| a == "--resolution").unwrap();

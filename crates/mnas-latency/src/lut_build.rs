@@ -193,8 +193,34 @@ pub fn enumerate(space: &SearchSpace) -> Vec<StageConfig> {
         let description = format!("head conv k1 {head_in}->{} + avgpool + linear", arch.head_channels);
         found.push(head_key(&arch, head_in, size), || (description, macs, StageKind::Head(arch.clone())));
     }
+
+    // The reference of `--target auto` (MobileNetV2-1.0, ReLU6, its own channel plan) at the
+    // table's resolution and classes, so that a search on the table can set its target too.
+    if let Ok(mut reference) = mnas_space::lookup(TARGET_REFERENCE) {
+        reference.resolution = space.resolution;
+        reference.num_classes = space.num_classes;
+        let costs = mnas_space::count(&reference).layers;
+        for (i, stage) in stage_keys(&reference).into_iter().enumerate() {
+            let description = format!("{TARGET_REFERENCE} {} {}", stage.stage, stage.description);
+            let kind = match i {
+                0 => StageKind::Stem(reference.clone()),
+                i if i <= reference.layers().len() => {
+                    StageKind::Layer(reference.layers()[i - 1].clone(), reference.activation)
+                }
+                _ => StageKind::Head(reference.clone()),
+            };
+            let macs = match &kind {
+                StageKind::Head(_) => costs.iter().rev().take(2).map(|c| c.macs).sum(),
+                _ => costs.get(i).map_or(0, |c| c.macs),
+            };
+            found.push(stage.key, || (description, macs, kind));
+        }
+    }
     found.configs
 }
+
+/// The model `--target auto` measures (see mnas-pipeline's search set-up).
+pub const TARGET_REFERENCE: &str = "mobilenetv2_100";
 
 /// Configurations in order of first occurrence, each once.
 #[derive(Default)]
@@ -272,14 +298,19 @@ pub fn build(
     // A reference entry re-timed every DRIFT_EVERY entries: when it moved by more than
     // DRIFT_LIMIT since the start, the machine's speed changed, and the entries timed since the
     // last check are timed again.
-    let reference = configs.iter().find(|c| matches!(c.kind, StageKind::Layer(..)));
-    let ref_ms = match reference {
+    // The layer of median cost: long enough to time steadily, short enough to re-time often.
+    let mut layers: Vec<&StageConfig> = configs.iter().filter(|c| matches!(c.kind, StageKind::Layer(..))).collect();
+    layers.sort_by_key(|c| c.macs);
+    let reference = layers.get(layers.len() / 2).copied();
+    let mut ref_ms = match reference {
         Some(r) => Some(pool.install(|| time_tight(r, opts))?.median_ms),
         None => None,
     };
     let mut since_check: Vec<&StageConfig> = Vec::new();
     let mut queue: std::collections::VecDeque<&StageConfig> = todo.into_iter().collect();
-    let mut retimed = 0usize;
+    // Set while the entries of a drifted stretch are being timed again: its next check takes the
+    // reference's new time as the baseline (a lasting change of speed is not re-timed forever).
+    let mut retiming = false;
     while let Some(config) = queue.pop_front() {
         let stats = pool.install(|| time_tight(config, opts))?;
         since_check.push(config);
@@ -300,18 +331,22 @@ pub fn build(
             if since_check.len() >= DRIFT_EVERY || queue.is_empty() {
                 let now = pool.install(|| time_tight(r, opts))?.median_ms;
                 let drift = now / r0 - 1.0;
-                if drift.abs() > DRIFT_LIMIT && retimed < configs.len() {
+                if drift.abs() > DRIFT_LIMIT && !retiming {
                     tracing::warn!(
                         drift,
                         entries = since_check.len(),
                         "the reference layer moved; timing those entries again"
                     );
-                    retimed += since_check.len();
+                    retiming = true;
                     done -= since_check.len();
                     for c in since_check.drain(..).rev() {
                         queue.push_front(c);
                     }
                 } else {
+                    if retiming {
+                        ref_ms = Some(now);
+                    }
+                    retiming = false;
                     since_check.clear();
                 }
             }

@@ -98,9 +98,17 @@ fn enumeration_count_matches_the_space_definition() {
         let expected = count_from_definition(&space);
         let space = lut_build::space_at(&space, res);
         let configs = lut_build::enumerate(&space);
-        assert_eq!(configs.len(), expected, "at {res}");
+        let reference = lut_build::TARGET_REFERENCE;
+        let of_space = configs.iter().filter(|c| !c.description.starts_with(reference)).count();
+        assert_eq!(of_space, expected, "at {res}");
         let keys: HashSet<&str> = configs.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys.len(), configs.len(), "duplicate keys");
+        // So are the stages of the `--target auto` reference at this resolution and class count.
+        let mut target = mnas_space::lookup(reference).expect("zoo");
+        (target.resolution, target.num_classes) = (res, space.num_classes);
+        for s in stage_keys(&target) {
+            assert!(keys.contains(s.key.as_str()), "{} of {reference} missing", s.key);
+        }
         // Every stage of random archs of the space has its entry.
         for (_, arch) in space.sample(5, 300) {
             for s in stage_keys(&arch) {
@@ -123,6 +131,11 @@ fn prediction_is_near_the_measurement_of_a_held_out_arch() {
     let predicted = lut.predict(&arch).expect("in the space");
     // The fast path (keys only) sums the same entries as the detailed one.
     assert_eq!(predicted, lut.predict_detailed(&arch).expect("in the space").predicted_ms);
+    // The reference of `--target auto` (MobileNetV2, ReLU6, outside the space) is in the table.
+    let mut reference = mnas_space::lookup(mnas_latency::lut_build::TARGET_REFERENCE).expect("zoo");
+    (reference.resolution, reference.num_classes) = (RES, 10);
+    let target = lut.predict(&reference).expect("the target reference is predicted");
+    assert!(target > 0.0 && target.is_finite(), "{target}");
     let m = measure_arch(&arch, &MeasureOptions { runs: 15, warmup: 3, ..Default::default() }).expect("measures");
     let ratio = predicted / m.stats.median_ms;
     // Loose: a shared 2-core machine is noisy, but a table that is off by 2x is broken.
@@ -216,7 +229,10 @@ fn an_interrupted_build_resumes_with_only_the_missing_entries() {
     let seen = seen.into_inner().unwrap();
     let total = partial.configs;
     assert_eq!(seen.first(), Some(&LutProgress::Entries { done: total - 5, total }));
-    assert_eq!(seen.iter().filter(|p| matches!(p, LutProgress::Entries { .. })).count(), 6);
+    // One report before and one per entry; 5 more when the drift reference moved and the five
+    // were timed again (a tiny layer on a busy machine can move by 5 %).
+    let reports = seen.iter().filter(|p| matches!(p, LutProgress::Entries { .. })).count();
+    assert!(reports == 6 || reports == 11, "{reports} progress reports: {seen:?}");
     assert!(resumed.is_complete());
     assert!(dropped.iter().all(|k| resumed.entries.contains_key(k)));
     // Untouched entries are kept as they were.

@@ -136,7 +136,7 @@ fn resolve_target(
     observer: &mut dyn SetupObserver,
 ) -> Result<f64> {
     if target == "auto" {
-        let mut mnv2 = mnas_space::lookup("mobilenetv2_100")?;
+        let mut mnv2 = mnas_space::lookup(mnas_latency::lut_build::TARGET_REFERENCE)?;
         mnv2.resolution = resolution;
         mnv2.num_classes = classes;
         observer.on_target_measure(resolution);
