@@ -30,11 +30,12 @@ declare -A RECIPES=(
   [r10]="$NEW --proxy-images 3500 --proxy-epochs 1"
   [r20]="$NEW --proxy-images 7000 --proxy-epochs 1"
   [r20-2ep]="$NEW --proxy-images 3500 --proxy-epochs 2"
+  [r20-10k]="$NEW --proxy-images 10000 --proxy-epochs 1"
   [r20-w25]="${NEW/--proxy-width 0.5/--proxy-width 0.25} --proxy-images 10000 --proxy-epochs 1"
   [r60]="$NEW --proxy-images 20000 --proxy-epochs 1"
   [r180]="$NEW --proxy-images 45000 --proxy-epochs 1.33"
 )
-ORDER=(r20 old-default r10 r20-w25 r20-2ep r60 r180)
+ORDER=(r20 old-default r10 r20-10k r20-w25 r20-2ep r60 r180)
 [[ $# -gt 0 ]] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do
