@@ -87,12 +87,22 @@ impl PackedPointwise {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         assert!(x.len() == m * k && y.len() == m * n, "pointwise operands of {m} x {k} -> {n}");
-        let (blocks, panels) = (m.div_ceil(ROWS_PER_BLOCK), n.div_ceil(NR));
+        let parallel = parallel && m * k * n >= PARALLEL_MACS;
+        let panels = n.div_ceil(NR);
+        // In parallel, blocks of equal size (a multiple of the tile), enough for four tasks per
+        // thread: 196 rows were 96 + 96 + 4, and 7x7 maps one block for a few panels.
+        let per_block = if parallel {
+            let wanted = (4 * rayon::current_num_threads()).div_ceil(panels).max(m.div_ceil(ROWS_PER_BLOCK));
+            m.div_ceil(wanted).div_ceil(MR).max(1) * MR
+        } else {
+            ROWS_PER_BLOCK
+        };
+        let blocks = m.div_ceil(per_block);
         let out = SharedOut(y.as_mut_ptr());
         let task = |t: usize| {
             let (b, p) = (t / panels, t % panels);
-            let lo = b * ROWS_PER_BLOCK;
-            let rows = ROWS_PER_BLOCK.min(m - lo);
+            let lo = b * per_block;
+            let rows = per_block.min(m - lo);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `pack` only builds a PackedPointwise on a CPU with AVX-512F; task (b, p)
             // reads rows lo..lo + rows of `x` and writes only their columns of panel p, so
@@ -103,7 +113,7 @@ impl PackedPointwise {
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (rows, p, act, &out);
         };
-        if parallel && m * k * n >= PARALLEL_MACS && blocks * panels > 1 {
+        if parallel && blocks * panels > 1 {
             (0..blocks * panels).into_par_iter().for_each(task);
         } else {
             (0..blocks * panels).for_each(task);

@@ -208,17 +208,25 @@ fn build(args: BuildLutArgs) -> Result<()> {
     let space =
         SearchSpace { num_classes: args.classes, ..lut_build::space_at(&SearchSpace::default(), args.resolution) };
     let configs = lut_build::enumerate(&space);
-    let count = |prefix: &str| configs.iter().filter(|c| c.key.starts_with(prefix)).count();
+    // The stages only the `--target auto` reference has are counted apart from the space's.
+    let reference = lut_build::TARGET_REFERENCE;
+    let of_space: Vec<_> = configs.iter().filter(|c| !c.description.starts_with(reference)).collect();
+    let count = |prefix: &str| of_space.iter().filter(|c| c.key.starts_with(prefix)).count();
     let (stems, heads) = (count("stem_"), count("head_"));
-    let layers = configs.len() - stems - heads;
+    let layers = of_space.len() - stems - heads;
+    let target_only = configs.len() - of_space.len();
     if args.dry_run {
         if args.json {
-            let out = serde_json::json!({ "configs": configs.len(), "stems": stems, "layers": layers, "heads": heads });
+            let out = serde_json::json!({
+                "configs": configs.len(), "space": of_space.len(), "stems": stems, "layers": layers, "heads": heads,
+                "target_reference": target_only,
+            });
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             println!(
-                "{} configurations at {r}x{r}: {stems} stem, {} layers, {heads} heads",
-                thousands(configs.len() as u64),
+                "{} configurations at {r}x{r}: {stems} stem, {} layers, {heads} heads of the search space, and \
+                 {target_only} stages of {reference} (the --target auto reference)",
+                thousands(of_space.len() as u64),
                 thousands(layers as u64),
                 r = args.resolution
             );
@@ -279,8 +287,8 @@ fn build(args: BuildLutArgs) -> Result<()> {
     }
     let layer_ms: f64 = lut.entries.values().map(|e| e.median_ms).sum();
     println!(
-        "{} configurations at {r}x{r} ({stems} stem, {} layers, {heads} heads), {} runs + {} warm-up each: \
-         {wall:.1} s this run, {:.1} s in all",
+        "{} configurations at {r}x{r} ({stems} stem, {} layers, {heads} heads of the space, {target_only} of \
+         {reference}), {} runs + {} warm-up each: {wall:.1} s this run, {:.1} s in all",
         thousands(lut.configs as u64),
         thousands(layers as u64),
         lut.runs,
