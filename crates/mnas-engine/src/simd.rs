@@ -18,7 +18,7 @@ pub fn avx2_fma() -> bool {
 
 /// The instruction set the kernels run with on this CPU, for fingerprints and benchmarks.
 pub fn level() -> &'static str {
-    if crate::kernels::pointwise::available() {
+    if crate::kernels::avx512::available() {
         // The inference convolutions and depthwise rows run AVX-512 code of their own.
         "avx512f"
     } else if avx2_fma() {

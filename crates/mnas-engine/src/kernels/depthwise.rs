@@ -93,7 +93,7 @@ pub fn forward_act_into(x: &[f32], wt: &[f32], bias: Option<&[f32]>, act: Act, g
     assert_eq!(y.len(), g.n * oh * row, "depthwise output size");
     assert_eq!(x.len(), g.n * g.in_image(), "depthwise input size");
     let rows_per_task = (4096 / row.max(1)).max(1);
-    let fast = super::pointwise::available();
+    let fast = super::avx512::available();
     y.par_chunks_mut(row * rows_per_task).enumerate().for_each(|(t, block)| {
         for (i, out) in block.chunks_exact_mut(row).enumerate() {
             let r = t * rows_per_task + i;
@@ -223,14 +223,8 @@ unsafe fn dw_eight<const K: usize, const S: usize>(
             }
         }
     }
-    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
     for (j, a) in acc.into_iter().enumerate() {
-        let v = match act {
-            Act::None => a,
-            Act::Relu => _mm512_max_ps(a, zero),
-            Act::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), six),
-        };
-        _mm512_mask_storeu_ps(out.as_mut_ptr().add((ox + j) * c + cb), mask, v);
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add((ox + j) * c + cb), mask, super::avx512::activate(a, act));
     }
 }
 
@@ -270,14 +264,8 @@ unsafe fn dw_pixels(
             }
         }
     }
-    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
     for (j, a) in acc.into_iter().enumerate().take(count) {
-        let v = match act {
-            Act::None => a,
-            Act::Relu => _mm512_max_ps(a, zero),
-            Act::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), six),
-        };
-        _mm512_mask_storeu_ps(out.as_mut_ptr().add((ox + j) * c + cb), mask, v);
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add((ox + j) * c + cb), mask, super::avx512::activate(a, act));
     }
 }
 

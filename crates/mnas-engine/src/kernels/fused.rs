@@ -31,7 +31,7 @@ pub fn expand_depthwise_into(
     g: &Dw,
     y: &mut [f32],
 ) -> bool {
-    if !super::pointwise::available() {
+    if !super::avx512::available() {
         return false;
     }
     let (oh, ow, c) = (g.oh(), g.ow(), g.c);
@@ -80,7 +80,7 @@ mod tests {
     /// run on it, for every stride and kernel, odd sizes and maps smaller than the kernel.
     #[test]
     fn fused_rows_match_expansion_then_depthwise() {
-        if !super::super::pointwise::available() {
+        if !super::super::avx512::available() {
             return;
         }
         for &(n, h, w, cin, c, k, stride) in

@@ -2,6 +2,7 @@
 //! of channels innermost, so SIMD lanes stay busy even on the 2x2 maps of a proxy run (DESIGN §13).
 //! Each kernel is checked against direct f64 code in its tests.
 
+pub mod avx512;
 pub mod bn;
 pub mod conv;
 pub mod depthwise;

@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::avx512::available;
 use super::bn::Act;
 use super::conv::Conv;
 use crate::buf::Buf;
@@ -21,20 +22,6 @@ const NR: usize = 32;
 const MR: usize = 12;
 /// Output pixels per task: the block's inputs stay in L2 while every panel passes over them.
 const ROWS_PER_BLOCK: usize = 8 * MR;
-
-/// Whether this CPU runs the packed kernels (AVX-512F).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// A 1x1 convolution's weights (`k x n`, output channel innermost) and bias, packed for the
 /// AVX-512 kernel.
@@ -224,6 +211,7 @@ fn lane_mask(cols: usize, lo: usize) -> u16 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn tile<const R: usize, const TWO: bool>(t: &Tile, runs: &[Run], len: usize, row_stride: usize, out: *mut f32) {
+    use super::avx512::activate;
     use std::arch::x86_64::*;
     let mut lo = [_mm512_loadu_ps(t.bias); R];
     let mut hi = [_mm512_loadu_ps(t.bias.add(16)); R];
@@ -241,18 +229,11 @@ unsafe fn tile<const R: usize, const TWO: bool>(t: &Tile, runs: &[Run], len: usi
             }
         }
     }
-    let zero = _mm512_setzero_ps();
-    let six = _mm512_set1_ps(6.0);
-    let activate = |v: __m512| match t.act {
-        Act::None => v,
-        Act::Relu => _mm512_max_ps(v, zero),
-        Act::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
-    };
     let (m0, m1) = (lane_mask(t.cols, 0), lane_mask(t.cols, 16));
     for i in 0..R {
-        _mm512_mask_storeu_ps(out.add(i * t.n), m0, activate(lo[i]));
+        _mm512_mask_storeu_ps(out.add(i * t.n), m0, activate(lo[i], t.act));
         if TWO {
-            _mm512_mask_storeu_ps(out.add(i * t.n + 16), m1, activate(hi[i]));
+            _mm512_mask_storeu_ps(out.add(i * t.n + 16), m1, activate(hi[i], t.act));
         }
     }
 }
