@@ -105,6 +105,10 @@ fn bad_input_is_one_error_line_and_exit_2() {
     std::fs::write(&junk, vec![0x5a; 8192]).expect("write junk");
     assert_clean_error(&[QUICK, &["--store", junk.to_str().expect("utf-8")]].concat(), "not a SQLite database");
     assert_eq!(std::fs::read(&junk).expect("junk"), vec![0x5a; 8192], "the junk file is left alone");
+
+    // The benchmark refuses an unwritable --csv before it measures anything.
+    let csv = dir.join("no-such-dir").join("rank.csv");
+    assert_clean_error(&["bench", "latency", "--csv", csv.to_str().expect("utf-8")], "cannot write");
 }
 
 /// ONNX Runtime in process, from the venv `.ci/run` installs (`onnxruntime` wheel): the same

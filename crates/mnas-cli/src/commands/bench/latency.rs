@@ -46,6 +46,10 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
     if args.runs == 0 || args.rounds == 0 || args.archs_runs == 0 {
         bail!("--runs, --rounds and --archs-runs must be at least 1");
     }
+    if let Some(path) = &args.csv {
+        // Before minutes of measuring, not after.
+        std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let ort = OrtEngine::load(args.ort_lib.as_deref())?;
     let mut arch = crate::spec::resolve(&args.arch, &Default::default())?;
     arch.resolution = args.resolution;
