@@ -8,8 +8,14 @@ computed in float64, the ground truth when timm's own float32 gradients sit on a
 <name>.json sidecar.
 
     pip install torch timm safetensors
-    python bench/reference/make_fixtures.py OUT_DIR
+    python bench/reference/make_fixtures.py OUT_DIR [STEM ...]
     MNAS_FIXTURES=OUT_DIR cargo test --release --workspace timm_parity -- --nocapture
+
+STEM (e.g. mobilenetv2_100_48) writes only that fixture; each variant's seeds depend on its place
+in VARIANTS, so a fixture is the same whether written alone or with the others. The repository
+keeps one, crates/mnas-model/tests/fixtures/mobilenetv2_100_48 (MobileNetV2 is not in
+../shared/fixtures), written by `make_fixtures.py crates/mnas-model/tests/fixtures mobilenetv2_100_48`
+with torch 2.15.0 and timm 1.0.31.
 """
 import json
 import sys
@@ -31,6 +37,8 @@ VARIANTS = [
     ("mnasnet_small", 1000, 224, 2, False),
     ("mnasnet_050", 10, 48, 6, True),
     ("semnasnet_140", 10, 96, 4, True),
+    # Eval only and small, to be committed: 9 MB.
+    ("mobilenetv2_100", 10, 48, 2, False),
 ]
 
 
@@ -64,9 +72,19 @@ def f32_vs_f64(model, tensors, x, labels):
     return worst
 
 
-def main(out: Path):
+def stem_of(name, size, train):
+    return f"{name}_{size}{'_train' if train else ''}"
+
+
+def main(out: Path, only):
+    known = [stem_of(n, s, t) for n, _, s, _, t in VARIANTS]
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        sys.exit(f"unknown fixture {', '.join(unknown)}; known: {', '.join(known)}")
     out.mkdir(parents=True, exist_ok=True)
     for i, (name, classes, size, batch, train) in enumerate(VARIANTS):
+        if only and stem_of(name, size, train) not in only:
+            continue
         torch.manual_seed(100 + i)
         gen = torch.Generator().manual_seed(200 + i)
         model = timm.create_model(name, num_classes=classes)
@@ -90,7 +108,7 @@ def main(out: Path):
             for k, p in model.named_parameters():
                 tensors[f"grad.{k}"] = p.grad.detach().clone()
             self_check = f32_vs_f64(model, tensors, x, labels)
-        stem = f"{name}_{size}{'_train' if train else ''}"
+        stem = stem_of(name, size, train)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{stem}.safetensors"))
         meta = {"timm_model": name, "timm_version": timm.__version__, "torch_version": torch.__version__,
                 "input_size": size, "batch": batch, "num_classes": classes,
@@ -104,4 +122,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "target/fixtures-extra"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "target/fixtures-extra"), sys.argv[2:])

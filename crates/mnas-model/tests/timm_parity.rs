@@ -1,4 +1,6 @@
-//! Numerical parity with timm on every fixture in `$MNAS_FIXTURES` (default `../shared/fixtures`).
+//! Numerical parity with timm on every fixture in `$MNAS_FIXTURES` (default `../shared/fixtures`)
+//! and in this crate's `tests/fixtures` (MobileNetV2, which the shared set lacks; written by
+//! `bench/reference/make_fixtures.py`).
 
 use std::path::PathBuf;
 
@@ -14,16 +16,26 @@ fn fixtures_dir() -> PathBuf {
     }
 }
 
-#[test]
-fn timm_parity() {
-    let dir = fixtures_dir();
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+fn safetensors_in(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read fixture directory {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
-    fixtures.sort();
-    assert!(!fixtures.is_empty(), "no *.safetensors fixtures in {}", dir.display());
+    found.sort();
+    assert!(!found.is_empty(), "no *.safetensors fixtures in {}", dir.display());
+    found
+}
+
+#[test]
+fn timm_parity() {
+    let mut fixtures = safetensors_in(&fixtures_dir());
+    let own = safetensors_in(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    assert!(
+        own.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mobilenetv2_100"))),
+        "the MobileNetV2 fixture is missing from tests/fixtures"
+    );
+    fixtures.extend(own);
     let mut failures = Vec::new();
     for path in &fixtures {
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
