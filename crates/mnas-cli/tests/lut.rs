@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use mnas_latency::lut_build::{self, LutOptions};
-use mnas_latency::Lut;
+use mnas_latency::{BuiltIn, Lut};
 use mnas_space::{Arch, SearchSpace};
 
 fn mnas(args: &[&str]) -> Output {
@@ -58,7 +58,7 @@ fn lut() -> &'static (Lut, PathBuf) {
         let opts =
             LutOptions { resolution: 32, runs: 2, warmup: 1, fit_archs: 3, fit_runs: 3, ..LutOptions::default() };
         let path = scratch("small.json");
-        let lut = lut_build::build(&small_space(), &opts, None, Some(&path), &|_| {}).expect("LUT builds");
+        let lut = lut_build::build(&small_space(), &opts, &BuiltIn, None, Some(&path), &|_| {}).expect("LUT builds");
         (lut, path)
     })
 }
@@ -200,4 +200,57 @@ fn bad_input_is_one_clear_error() {
     assert_clean_error(&["latency", "build-lut", "--runs", "0", "--out", path_str(&scratch("x.json"))], "runs");
     // `mnas latency` still wants --arch without a subcommand.
     common::assert_error(&mnas(&["latency"]), &["latency"], "required arguments", false);
+}
+
+/// A table of ONNX Runtime (from the venv `.ci/run` installs): its entries are ORT's, its
+/// fingerprint names ORT, and predict / lut-report load ORT to check and to measure with it.
+#[test]
+fn a_table_of_onnx_runtime() {
+    let engine = mnas_latency::OrtEngine::load(None)
+        .expect("ONNX Runtime: create the .venv as the README says (python3 -m venv .venv && .venv/bin/pip install onnx onnxruntime numpy)");
+    let opts = LutOptions { resolution: 32, runs: 2, warmup: 1, fit_archs: 3, fit_runs: 3, ..LutOptions::default() };
+    let path = scratch("small-ort.json");
+    let lut = lut_build::build(&small_space(), &opts, engine, None, Some(&path), &|_| {}).expect("ORT LUT builds");
+    assert_eq!(lut.fingerprint.engine, "onnxruntime");
+    assert_ne!(lut.fingerprint_key, self::lut().0.fingerprint_key, "engines share a fingerprint");
+    assert!(lut.entries.values().all(|e| e.median_ms > 0.0 && e.median_ms.is_finite()));
+    let p = path_str(&path);
+    let (_, arch) = small_space().sample(3, 1).remove(0);
+    let spec = blocks(&arch);
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "latency",
+        "predict",
+        "--arch",
+        &spec,
+        "--resolution",
+        "32",
+        "--classes",
+        "10",
+        "--lut",
+        p,
+        "--json",
+    ]))
+    .expect("JSON");
+    assert_eq!(json["predicted_ms"].as_f64(), Some(lut.predict(&arch).expect("predicts")));
+    let report = ["latency", "lut-report", "--lut", p, "--archs", "3", "--runs", "3", "--seed", "5", "--no-store"];
+    let json: serde_json::Value = serde_json::from_str(&ok(&[&report[..], &["--json"]].concat())).expect("JSON");
+    assert_eq!(json["archs"], 3);
+    // The report measures with the table's engine: a library that is not ONNX Runtime stops it.
+    assert_clean_error(&[&report[..], &["--ort-lib", "/bin/sh"]].concat(), "not a usable ONNX Runtime library");
+
+    // A table of an engine this build does not know, and resuming one engine's table with another.
+    let mut foreign = lut.clone();
+    foreign.fingerprint.engine = "tflite".into();
+    let foreign_path = scratch("foreign.json");
+    foreign.save(&foreign_path).expect("save");
+    assert_clean_error(
+        &["latency", "predict", "--arch", &spec, "--resolution", "32", "--lut", path_str(&foreign_path)],
+        "engine `tflite`",
+    );
+    let other = lut_build::build(&small_space(), &opts, &BuiltIn, Some(lut), None, &|_| {}).unwrap_err();
+    assert!(other.to_string().contains("has engine onnxruntime, this build mnas-engine"), "{other}");
+    assert_clean_error(
+        &["latency", "build-lut", "--engine", "ort", "--ort-lib", "/bin/sh", "--out", path_str(&scratch("y.json"))],
+        "not a usable ONNX Runtime library",
+    );
 }

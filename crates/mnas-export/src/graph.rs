@@ -81,6 +81,10 @@ impl Builder {
         }
     }
 
+    fn graph(self, name: &str) -> Graph {
+        Graph { name: name.into(), nodes: self.nodes, initializers: self.initializers, ..Graph::default() }
+    }
+
     fn conv_bn_act(&mut self, name: &str, x: &str, p: ConvParams, act: Option<Activation>) -> String {
         let y = self.conv(name, x, p);
         match act {
@@ -183,6 +187,45 @@ fn layer<B: Backend>(g: &mut Builder, l: &SearchLayer<B>, x: &str) -> Result<Str
 
 /// The graph body: nodes and initializers from `input` to `logits` (inputs/outputs not set).
 pub fn build<B: Backend>(model: &MnasNet<B>) -> Result<Graph, ExportError> {
+    check_layers(model)?;
+    let mut g = Builder::default();
+    let mut y = stem(&mut g, model, INPUT)?;
+    for l in &model.blocks {
+        y = layer(&mut g, l, &y)?;
+    }
+    head(&mut g, model, &y)?;
+    Ok(g.graph("mnasnet"))
+}
+
+/// One part of a network alone, so that it can be timed alone (the latency lookup table).
+pub enum Part<'a, B: Backend> {
+    /// Stem conv + BN + activation of the model.
+    Stem(&'a MnasNet<B>),
+    /// One searched layer, input `input` of its own shape.
+    Layer(&'a SearchLayer<B>),
+    /// Head conv + pool + classifier of the model, input `input` of the last layer's shape.
+    Head(&'a MnasNet<B>),
+}
+
+/// The body of `part`'s graph and the name of its output.
+pub fn build_part<B: Backend>(part: &Part<'_, B>) -> Result<(Graph, String), ExportError> {
+    let mut g = Builder::default();
+    let out = match part {
+        Part::Stem(model) => {
+            check_layers(model)?;
+            stem(&mut g, model, INPUT)?
+        }
+        Part::Layer(l) => layer(&mut g, l, INPUT)?,
+        Part::Head(model) => {
+            check_layers(model)?;
+            head(&mut g, model, INPUT)?;
+            OUTPUT.to_string()
+        }
+    };
+    Ok((g.graph("mnasnet part"), out))
+}
+
+fn check_layers<B: Backend>(model: &MnasNet<B>) -> Result<(), ExportError> {
     let arch = &model.arch;
     arch.validate()?;
     let specs = arch.layers();
@@ -191,25 +234,30 @@ pub fn build<B: Backend>(model: &MnasNet<B>) -> Result<Graph, ExportError> {
             "the model's layers do not match its architecture (was `arch` changed after the model was built?)".into(),
         ));
     }
-    let act = Some(arch.activation);
-    let mut g = Builder::default();
-    let mut y = g.conv_bn_act("conv_stem", INPUT, fold::conv_bn(&model.conv_stem, &model.bn1, "conv_stem")?, act);
-    for l in &model.blocks {
-        if l.act != arch.activation {
-            return Err(ExportError::Structure(format!(
-                "blocks.{}.{}: activation {} differs from the arch's {}",
-                l.spec.block,
-                l.spec.index,
-                l.act.name(),
-                arch.activation.name()
-            )));
-        }
-        y = layer(&mut g, l, &y)?;
+    if let Some(l) = model.blocks.iter().find(|l| l.act != arch.activation) {
+        return Err(ExportError::Structure(format!(
+            "blocks.{}.{}: activation {} differs from the arch's {}",
+            l.spec.block,
+            l.spec.index,
+            l.act.name(),
+            arch.activation.name()
+        )));
     }
-    y = g.conv_bn_act("conv_head", &y, fold::conv_bn(&model.conv_head, &model.bn2, "conv_head")?, act);
+    Ok(())
+}
+
+fn stem<B: Backend>(g: &mut Builder, model: &MnasNet<B>, x: &str) -> Result<String, ExportError> {
+    let p = fold::conv_bn(&model.conv_stem, &model.bn1, "conv_stem")?;
+    Ok(g.conv_bn_act("conv_stem", x, p, Some(model.arch.activation)))
+}
+
+/// Head conv, global pool and classifier, ending in [`OUTPUT`].
+fn head<B: Backend>(g: &mut Builder, model: &MnasNet<B>, x: &str) -> Result<(), ExportError> {
+    let arch = &model.arch;
+    let y =
+        g.conv_bn_act("conv_head", x, fold::conv_bn(&model.conv_head, &model.bn2, "conv_head")?, Some(arch.activation));
     let pooled = g.node("GlobalAveragePool", "global_pool", &[&y], vec![]);
     let flat = g.node("Flatten", "flatten", &[&pooled], vec![Attribute::int("axis", 1)]);
-
     let [classes, features] = model.classifier_weight.dims();
     let w = fold::values(model.classifier_weight.val(), "classifier.weight")?;
     let b = fold::values(model.classifier_bias.val(), "classifier.bias")?;
@@ -236,5 +284,5 @@ pub fn build<B: Backend>(model: &MnasNet<B>) -> Result<Graph, ExportError> {
         outputs: vec![OUTPUT.into()],
         attributes: attrs,
     });
-    Ok(Graph { name: "mnasnet".into(), nodes: g.nodes, initializers: g.initializers, ..Graph::default() })
+    Ok(())
 }

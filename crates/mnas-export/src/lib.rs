@@ -21,7 +21,7 @@ use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::MnasNet;
 
 pub use error::ExportError;
-pub use graph::{INPUT, OUTPUT};
+pub use graph::{Part, INPUT, OUTPUT};
 use proto::{Dim, Model, ValueInfo};
 
 /// ONNX operator set the graph is written for.
@@ -131,6 +131,43 @@ pub fn onnx_model<B: Backend>(model: &MnasNet<B>, opts: &ExportOptions) -> Resul
         "built ONNX graph"
     );
     Ok(model)
+}
+
+/// The serialised ONNX model of one part of a network alone (batch `batch`), with input
+/// [`INPUT`] of the part's own input shape: what the latency lookup table times on engines that
+/// only run whole graphs.
+pub fn part_onnx<B: Backend>(part: &Part<'_, B>, batch: u32) -> Result<Vec<u8>, ExportError> {
+    if batch == 0 {
+        return Err(ExportError::Option("batch must be at least 1".into()));
+    }
+    let (mut graph, output) = graph::build_part(part)?;
+    let map = |c: u32, s: u32| {
+        vec![Dim::Value(i64::from(batch)), Dim::Value(c.into()), Dim::Value(s.into()), Dim::Value(s.into())]
+    };
+    let (input_dims, output_dims, name) = match part {
+        Part::Stem(m) => (map(3, m.arch.resolution), map(m.arch.stem_out(), m.arch.stem_out_size()), "stem"),
+        Part::Layer(l) => (map(l.spec.in_channels, l.spec.in_size), map(l.spec.out_channels, l.spec.out_size), "layer"),
+        Part::Head(m) => {
+            let (c, s) = m
+                .arch
+                .layers()
+                .last()
+                .map_or((m.arch.stem_out(), m.arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+            (map(c, s), vec![Dim::Value(i64::from(batch)), Dim::Value(m.arch.num_classes.into())], "head")
+        }
+    };
+    graph.inputs = vec![ValueInfo { name: INPUT.into(), dims: input_dims }];
+    graph.outputs = vec![ValueInfo { name: output, dims: output_dims }];
+    let model = Model {
+        ir_version: IR_VERSION,
+        opset: OPSET,
+        producer_name: "mnas".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: format!("one {name} of an mnas network (BN folded, eval mode)"),
+        graph,
+        metadata: Vec::new(),
+    };
+    Ok(model.encode())
 }
 
 /// The serialised ONNX model of `model`.

@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::error::LatencyError;
 use crate::fingerprint::Fingerprint;
+use crate::measure::{fingerprint_of, LocalEngine};
 
 /// Version of the LUT file layout; a file of another version is refused.
 pub const LUT_FORMAT: u32 = 1;
@@ -55,6 +56,10 @@ pub enum LutError {
          {here}"
     )]
     OtherDevice { lut_key: String, lut: String, here_key: String, here: String },
+    #[error(
+        "the LUT was measured with engine `{0}`, which this mnas cannot run (it knows mnas-engine and onnxruntime)"
+    )]
+    Engine(String),
     #[error("cannot resume the LUT: {0}")]
     Resume(String),
     #[error("invalid LUT option: {0}")]
@@ -239,8 +244,8 @@ impl Lut {
 
     /// An error when this machine's fingerprint (for the LUT's thread count) differs from the
     /// one the LUT was measured with: its CPU, SIMD level, engine build or mnas build profile.
-    pub fn check_device(&self) -> LutResult<()> {
-        let here = Fingerprint::current(self.threads, Vec::new());
+    pub fn check_device(&self, engine: &dyn LocalEngine) -> LutResult<()> {
+        let here = fingerprint_of(engine, self.threads, Vec::new());
         if here.key() == self.fingerprint_key {
             return Ok(());
         }

@@ -22,7 +22,8 @@ use crate::fingerprint::Fingerprint;
 use crate::lut::{
     head_key, layer_key, stage_keys, stem_key, FitPoint, Lut, LutEntry, LutError, LutResult, OverheadFit, LUT_FORMAT,
 };
-use crate::measure::{self, MeasureOptions};
+use crate::measure::{self, BuiltIn, LocalEngine, MeasureOptions};
+use crate::ort_engine::{OrtEngine, ORT_ENGINE};
 use crate::pin::pin_current_thread;
 use crate::stats::Stats;
 use mnas_space::timestamp::utc_now;
@@ -36,6 +37,38 @@ pub enum StageKind {
     Layer(Layer, Activation),
     /// Head conv + pool + classifier of `arch` (timed inside a whole forward pass of it).
     Head(Arch),
+}
+
+/// An engine a lookup table can be built for: it times one stage configuration alone.
+pub trait StageTimer: LocalEngine {
+    /// `opts.runs` timings in ms of `kind` after `opts.warmup` untimed runs, on the calling
+    /// thread (pinned to `cores[0]`; threads the engine starts belong on `cores`).
+    fn time_stage(&self, kind: &StageKind, opts: &LutOptions, cores: &[usize]) -> LutResult<Vec<f64>>;
+}
+
+impl StageTimer for BuiltIn {
+    fn time_stage(&self, kind: &StageKind, opts: &LutOptions, _cores: &[usize]) -> LutResult<Vec<f64>> {
+        match kind {
+            StageKind::Layer(layer, act) => time_layer(layer, *act, opts),
+            StageKind::Stem(arch) => time_in_network(arch, opts, |times| times[0]),
+            StageKind::Head(arch) => time_in_network(arch, opts, |times| {
+                // head conv + pool, then the classifier: the last two stages.
+                times[times.len() - 2] + times[times.len() - 1]
+            }),
+        }
+    }
+}
+
+/// The engine a table was measured with (its fingerprint names it), loaded here so that the
+/// table can be checked against this machine and extended or judged on the same engine.
+/// `ort_lib` is where ONNX Runtime is when it is not discovered.
+pub fn engine_of(fingerprint: &Fingerprint, ort_lib: Option<&Path>) -> LutResult<&'static dyn StageTimer> {
+    static BUILT_IN: BuiltIn = BuiltIn;
+    match fingerprint.engine.as_str() {
+        crate::fingerprint::ENGINE => Ok(&BUILT_IN),
+        ORT_ENGINE => Ok(OrtEngine::load(ort_lib)?),
+        other => Err(LutError::Engine(other.to_string())),
+    }
 }
 
 /// One distinct stage configuration of the space.
@@ -246,6 +279,7 @@ impl Found {
 pub fn build(
     space: &SearchSpace,
     opts: &LutOptions,
+    engine: &dyn StageTimer,
     previous: Option<Lut>,
     checkpoint: Option<&Path>,
     progress: &(dyn Fn(LutProgress) + Sync),
@@ -254,7 +288,7 @@ pub fn build(
     let space = space_at(space, opts.resolution);
     let configs = enumerate(&space);
     let cores = measure::planned_cores(&opts.measure_options(opts.runs))?;
-    let fingerprint = Fingerprint::current(opts.threads, cores.clone());
+    let fingerprint = measure::fingerprint_of(engine, opts.threads, cores.clone());
     let mut lut = match previous {
         Some(prev) => resumable(prev, &space, opts, &fingerprint, configs.len())?,
         None => Lut {
@@ -303,7 +337,7 @@ pub fn build(
     layers.sort_by_key(|c| c.macs);
     let reference = layers.get(layers.len() / 2).copied();
     let mut ref_ms = match reference {
-        Some(r) => Some(pool.install(|| time_tight(r, opts))?.median_ms),
+        Some(r) => Some(pool.install(|| time_tight(engine, r, opts, &cores))?.median_ms),
         None => None,
     };
     let mut since_check: Vec<&StageConfig> = Vec::new();
@@ -312,7 +346,7 @@ pub fn build(
     // reference's new time as the baseline (a lasting change of speed is not re-timed forever).
     let mut retiming = false;
     while let Some(config) = queue.pop_front() {
-        let stats = pool.install(|| time_tight(config, opts))?;
+        let stats = pool.install(|| time_tight(engine, config, opts, &cores))?;
         since_check.push(config);
         lut.entries.insert(
             config.key.clone(),
@@ -329,7 +363,7 @@ pub fn build(
         progress(LutProgress::Entries { done, total });
         if let (Some(r), Some(r0)) = (reference, ref_ms) {
             if since_check.len() >= DRIFT_EVERY || queue.is_empty() {
-                let now = pool.install(|| time_tight(r, opts))?.median_ms;
+                let now = pool.install(|| time_tight(engine, r, opts, &cores))?.median_ms;
                 let drift = now / r0 - 1.0;
                 if drift.abs() > DRIFT_LIMIT && !retiming {
                     tracing::warn!(
@@ -364,7 +398,7 @@ pub fn build(
     drop(pool);
 
     if lut.fit.is_none() {
-        lut.fit = Some(fit_overhead(&lut, &space, opts, progress)?);
+        lut.fit = Some(fit_overhead(engine, &lut, &space, opts, progress)?);
     }
     lut.build_seconds += started.elapsed().as_secs_f64();
     lut.updated_at = utc_now();
@@ -397,13 +431,13 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
 
 /// [`time_stage`], timed again (up to twice) while its spread exceeds `opts.max_cv`; the attempt
 /// with the smallest spread is kept.
-fn time_tight(config: &StageConfig, opts: &LutOptions) -> LutResult<Stats> {
-    let mut best = time_stage(config, opts)?;
+fn time_tight(engine: &dyn StageTimer, config: &StageConfig, opts: &LutOptions, cores: &[usize]) -> LutResult<Stats> {
+    let mut best = time_stage(engine, config, opts, cores)?;
     for _ in 0..2 {
         if best.cv <= opts.max_cv {
             break;
         }
-        let again = time_stage(config, opts)?;
+        let again = time_stage(engine, config, opts, cores)?;
         if again.cv < best.cv {
             best = again;
         }
@@ -431,6 +465,9 @@ fn resumable(prev: Lut, space: &SearchSpace, opts: &LutOptions, here: &Fingerpri
             "the existing table is of another search space (skeleton, stem, head or classes)".into(),
         ));
     }
+    if prev.fingerprint.engine != here.engine {
+        return differs("engine", prev.fingerprint.engine, here.engine.clone());
+    }
     if prev.fingerprint_key != here.key() {
         return differs("device fingerprint", prev.fingerprint_key, here.key());
     }
@@ -440,16 +477,9 @@ fn resumable(prev: Lut, space: &SearchSpace, opts: &LutOptions, here: &Fingerpri
     Ok(prev)
 }
 
-/// Median time of one stage configuration, on the calling (pinned) thread.
-fn time_stage(config: &StageConfig, opts: &LutOptions) -> LutResult<Stats> {
-    let samples = match &config.kind {
-        StageKind::Layer(layer, act) => time_layer(layer, *act, opts)?,
-        StageKind::Stem(arch) => time_in_network(arch, opts, |times| times[0])?,
-        StageKind::Head(arch) => time_in_network(arch, opts, |times| {
-            // head conv + pool, then the classifier: the last two stages.
-            times[times.len() - 2] + times[times.len() - 1]
-        })?,
-    };
+/// Statistics of one stage configuration's timings, on the calling (pinned) thread.
+fn time_stage(engine: &dyn StageTimer, config: &StageConfig, opts: &LutOptions, cores: &[usize]) -> LutResult<Stats> {
+    let samples = engine.time_stage(&config.kind, opts, cores)?;
     Stats::of(&samples).ok_or_else(|| LatencyError::Engine(format!("{}: no usable timings", config.key)).into())
 }
 
@@ -502,6 +532,7 @@ pub fn fit_archs(space: &SearchSpace, opts: &LutOptions) -> Vec<Arch> {
 
 /// Measures the fit archs end to end and fits `measured = a * layer_sum + b`.
 fn fit_overhead(
+    engine: &dyn StageTimer,
     lut: &Lut,
     space: &SearchSpace,
     opts: &LutOptions,
@@ -513,7 +544,7 @@ fn fit_overhead(
     let mut points = Vec::with_capacity(total);
     for (i, arch) in archs.iter().enumerate() {
         let (layer_sum_ms, _) = lut.layer_sum(arch)?;
-        let m = measure::measure(arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
+        let m = measure::measure_on(engine, arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
         tracing::debug!(arch = %m.arch, layer_sum_ms, measured_ms = m.stats.median_ms, "fit point");
         points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: m.stats.median_ms });
         progress(LutProgress::Fit { done: i + 1, total });

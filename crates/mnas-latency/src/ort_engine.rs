@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use mnas_export::{export_onnx, Batch, ExportOptions};
+use mnas_export::{export_onnx, part_onnx, Batch, ExportOptions, Part};
 use mnas_model::backend::Cpu;
 use mnas_model::burn::tensor::backend::Backend;
+use mnas_model::net::SearchLayer;
 use mnas_model::MnasNet;
 use mnas_space::Arch;
 use ort::environment::Environment;
@@ -18,6 +19,8 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 use crate::error::{LatencyError, Result};
+use crate::lut::LutResult;
+use crate::lut_build::{LutOptions, StageKind, StageTimer};
 use crate::measure::{Input, LocalEngine, MeasureOptions, Runnable};
 
 /// The engine name in fingerprints.
@@ -141,6 +144,28 @@ fn ort_error(e: impl std::fmt::Display) -> LatencyError {
     LatencyError::Ort(e.to_string())
 }
 
+impl OrtEngine {
+    /// A session of the serialised model `bytes` with `threads` intra-op threads on `cores`.
+    fn session(&self, bytes: &[u8], threads: usize, cores: &[usize]) -> Result<Session> {
+        // One intra-op thread runs on the calling (pinned) thread; more get ORT's own pool, which
+        // it starts with the session: started from here they would inherit this thread's single
+        // core and crowd onto it (measured: 2 threads 14.2 ms vs 1 thread 5.7 ms on A1).
+        let session = crate::pin::with_threads_spawned_on(cores, || {
+            Session::builder(&self.environment)
+                .map_err(ort_error)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(ort_error)?
+                .with_intra_threads(threads)
+                .map_err(ort_error)?
+                .with_inter_threads(1)
+                .map_err(ort_error)?
+                .commit_from_memory(bytes)
+                .map_err(ort_error)
+        })??;
+        Ok(session)
+    }
+}
+
 impl LocalEngine for OrtEngine {
     fn identity(&self) -> (String, String) {
         (ORT_ENGINE.to_string(), self.version.clone())
@@ -153,21 +178,7 @@ impl LocalEngine for OrtEngine {
         let export = ExportOptions { batch: Batch::Fixed(opts.batch as u32), ..ExportOptions::default() };
         let bytes = export_onnx(&model, &export).map_err(|e| LatencyError::Engine(e.to_string()))?;
         drop(model);
-        // One intra-op thread runs on the calling (pinned) thread; more get ORT's own pool, which
-        // it starts with the session: started from here they would inherit this thread's single
-        // core and crowd onto it (measured: 2 threads 14.2 ms vs 1 thread 5.7 ms on A1).
-        let session = crate::pin::with_threads_spawned_on(cores, || {
-            Session::builder(&self.environment)
-                .map_err(ort_error)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(ort_error)?
-                .with_intra_threads(opts.threads)
-                .map_err(ort_error)?
-                .with_inter_threads(1)
-                .map_err(ort_error)?
-                .commit_from_memory(&bytes)
-                .map_err(ort_error)
-        })??;
+        let session = self.session(&bytes, opts.threads, cores)?;
         let input = Input::random(arch, opts);
         let (n, r) = (input.batch, input.size);
         // The export takes NCHW.
@@ -197,9 +208,95 @@ impl Runnable for OrtModel {
     }
 }
 
+impl StageTimer for OrtEngine {
+    /// Times the stage as a graph of its own (mnas's ONNX export of just that part), so that ORT
+    /// optimises and schedules it as it would inside the whole model.
+    fn time_stage(&self, kind: &StageKind, opts: &LutOptions, cores: &[usize]) -> LutResult<Vec<f64>> {
+        let device = Default::default();
+        Cpu::seed(&device, opts.seed);
+        let export = |part: Part<'_, Cpu>| part_onnx(&part, 1).map_err(|e| LatencyError::Engine(e.to_string()));
+        let model = |arch: &Arch| MnasNet::<Cpu>::new(arch, &device).map_err(LatencyError::from);
+        let (bytes, channels, size) = match kind {
+            StageKind::Layer(layer, act) => {
+                let l = SearchLayer::<Cpu>::new(layer, *act, &device);
+                (export(Part::Layer(&l))?, layer.in_channels, layer.in_size)
+            }
+            StageKind::Stem(arch) => (export(Part::Stem(&model(arch)?))?, 3, arch.resolution),
+            StageKind::Head(arch) => {
+                let (c, s) = arch
+                    .layers()
+                    .last()
+                    .map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+                (export(Part::Head(&model(arch)?))?, c, s)
+            }
+        };
+        let mut session = self.session(&bytes, opts.threads, cores)?;
+        let (c, s) = (channels as usize, size as usize);
+        let values: Vec<f32> = (0..c * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let input = Tensor::from_array(([1, c, s, s], values)).map_err(ort_error)?;
+        let mut once = || -> Result<f64> {
+            let start = std::time::Instant::now();
+            let outputs = session.run(ort::inputs!["input" => &input]).map_err(ort_error)?;
+            let elapsed = start.elapsed();
+            std::hint::black_box(outputs);
+            Ok(elapsed.as_secs_f64() * 1e3)
+        };
+        for _ in 0..opts.warmup {
+            once()?;
+        }
+        Ok((0..opts.runs).map(|_| once()).collect::<Result<Vec<f64>>>()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lookup table times each part of a network as a graph of its own: chained, the parts
+    /// must compute exactly what the whole exported model does, for every kind of layer.
+    #[test]
+    fn part_graphs_chained_compute_the_whole_model() {
+        let engine = OrtEngine::load(None).expect(
+            "ONNX Runtime: create the .venv as the README says (python3 -m venv .venv && .venv/bin/pip install onnx \
+             onnxruntime numpy)",
+        );
+        // A1 (SE, identity skips), a model with ReLU6, and samples of the space with pooling skips
+        // (with and without projection), separable and plain convs.
+        let mut archs = vec![mnas_space::lookup("mnasnet-a1").unwrap(), mnas_space::lookup("mobilenetv2_100").unwrap()];
+        let space = mnas_space::SearchSpace { resolution: 64, num_classes: 10, ..Default::default() };
+        archs.extend(space.sample(3, 4).into_iter().map(|(_, a)| a));
+        let mut kinds = std::collections::HashSet::new();
+        for mut arch in archs {
+            arch.resolution = 64;
+            arch.num_classes = 10;
+            let device = Default::default();
+            Cpu::seed(&device, 7);
+            let model = MnasNet::<Cpu>::new(&arch, &device).unwrap();
+            let run = |bytes: Vec<u8>, x: (Vec<usize>, Vec<f32>)| -> (Vec<usize>, Vec<f32>) {
+                let mut session = engine.session(&bytes, 1, &crate::pin::allowed_cores().unwrap()).unwrap();
+                let input = Tensor::from_array((x.0, x.1)).unwrap();
+                let outputs = session.run(ort::inputs!["input" => &input]).unwrap();
+                let (shape, data) = outputs[0].try_extract_tensor::<f32>().unwrap();
+                (shape.iter().map(|&d| d as usize).collect(), data.to_vec())
+            };
+            let r = arch.resolution as usize;
+            let x: Vec<f32> = (0..3 * r * r).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+            let whole = run(export_onnx(&model, &ExportOptions::default()).unwrap(), (vec![1, 3, r, r], x.clone()));
+            let mut y = run(part_onnx(&Part::Stem(&model), 1).unwrap(), (vec![1, 3, r, r], x));
+            for l in &model.blocks {
+                kinds.insert(format!("{:?} {:?} se{}", l.spec.op, l.spec.residual, l.spec.se_channels > 0));
+                y = run(part_onnx(&Part::Layer(l), 1).unwrap(), y);
+                let s = l.spec.out_size as usize;
+                assert_eq!(y.0, vec![1, l.spec.out_channels as usize, s, s], "{}", arch.canonical());
+            }
+            let chained = run(part_onnx(&Part::Head(&model), 1).unwrap(), y);
+            assert_eq!(chained.0, whole.0);
+            let worst = chained.1.iter().zip(&whole.1).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = whole.1.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4 * scale.max(1.0), "{}: parts differ from the whole by {worst}", arch.canonical());
+        }
+        assert!(kinds.len() >= 6, "too few kinds of layer covered: {kinds:?}");
+    }
 
     #[test]
     fn versions_come_from_the_file_name_when_the_build_info_lacks_them() {

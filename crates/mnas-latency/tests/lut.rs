@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use mnas_latency::lut::{stage_keys, LutError};
 use mnas_latency::lut_build::{self, LutOptions, LutProgress};
-use mnas_latency::{measure_arch, Lut, MeasureOptions};
+use mnas_latency::{measure_arch, BuiltIn, Lut, MeasureOptions};
 use mnas_space::space::FILTER_MULTIPLIERS;
 use mnas_space::SearchSpace;
 
@@ -62,7 +62,7 @@ fn built() -> &'static Lut {
     LUT.get_or_init(|| {
         let _turn = timing();
         let path = scratch("shared.json");
-        lut_build::build(&small_space(), &opts(), None, Some(&path), &|_| {}).expect("LUT builds")
+        lut_build::build(&small_space(), &opts(), &BuiltIn, None, Some(&path), &|_| {}).expect("LUT builds")
     })
 }
 
@@ -126,7 +126,7 @@ fn prediction_is_near_the_measurement_of_a_held_out_arch() {
     assert!(lut.is_complete() && lut.entries.len() == lut.configs, "{} of {}", lut.entries.len(), lut.configs);
     let fit = lut.fit.as_ref().expect("fit");
     assert!(fit.a.is_finite() && fit.points.len() == 4, "{fit:?}");
-    lut.check_device().expect("built here");
+    lut.check_device(&BuiltIn).expect("built here");
     let (_, arch) = small_space().sample(12345, 1).remove(0);
     let predicted = lut.predict(&arch).expect("in the space");
     // The fast path (keys only) sums the same entries as the detailed one.
@@ -206,7 +206,7 @@ fn bad_inputs_are_clear_errors() {
     assert!(matches!(partial.predict(&arch).unwrap_err(), LutError::Incomplete { .. }));
     let mut other = lut.clone();
     other.fingerprint_key = "0000000000000000".into();
-    let e = other.check_device().unwrap_err();
+    let e = other.check_device(&BuiltIn).unwrap_err();
     assert!(e.to_string().contains("another device"), "{e}");
 }
 
@@ -222,10 +222,11 @@ fn an_interrupted_build_resumes_with_only_the_missing_entries() {
     partial.save(&path).unwrap();
     let _turn = timing();
     let seen = Mutex::new(Vec::new());
-    let resumed = lut_build::build(&small_space(), &opts(), Some(Lut::load(&path).unwrap()), Some(&path), &|p| {
-        seen.lock().unwrap().push(p)
-    })
-    .unwrap();
+    let resumed =
+        lut_build::build(&small_space(), &opts(), &BuiltIn, Some(Lut::load(&path).unwrap()), Some(&path), &|p| {
+            seen.lock().unwrap().push(p)
+        })
+        .unwrap();
     let seen = seen.into_inner().unwrap();
     let total = partial.configs;
     assert_eq!(seen.first(), Some(&LutProgress::Entries { done: total - 5, total }));
@@ -243,6 +244,6 @@ fn an_interrupted_build_resumes_with_only_the_missing_entries() {
 
     // A table of other settings is not resumed.
     let other = LutOptions { runs: 4, ..opts() };
-    let e = lut_build::build(&small_space(), &other, Some(partial), None, &|_| {}).unwrap_err();
+    let e = lut_build::build(&small_space(), &other, &BuiltIn, Some(partial), None, &|_| {}).unwrap_err();
     assert!(e.to_string().contains("threads/runs/warmup"), "{e}");
 }

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mnas_latency::lut::Accuracy;
-use mnas_latency::lut_build::{self, LutOptions, LutProgress};
-use mnas_latency::{measure_cached_with, Lut, LutError, MeasureOptions, Store};
+use mnas_latency::lut_build::{self, LutOptions, LutProgress, StageTimer};
+use mnas_latency::{measure_cached_on, BuiltIn, Lut, LutError, MeasureOptions, OrtEngine, Store};
 use mnas_space::{Arch, SearchSpace};
 
 use super::report::default_store;
@@ -38,6 +38,11 @@ times it alone in inference form (BN folded) on a pinned core (--warmup untimed,
 timed passes, median kept), then measures --fit-archs random archs end to end and fits \
 `latency = a * (sum of their layers) + b`. `mnas latency predict` then answers in microseconds.
 
+With --engine ort the table predicts ONNX Runtime (in this process, the library found as for \
+`mnas latency --engine ort`): each configuration is exported as an ONNX graph of its own and timed \
+in its own session, and the fit archs are measured end to end on ORT. predict and lut-report load \
+the engine the table names (--ort-lib where it is not discovered).
+
 Against a machine whose speed drifts, entries are timed in a seeded shuffled order (not block by \
 block), an entry whose spread exceeds --max-cv is timed again (up to twice, the tightest kept), and \
 a reference layer is re-timed every 100 entries: when it moved by more than 5 %, those 100 are \
@@ -46,7 +51,9 @@ timed again.
 The table is saved atomically every 30 s; --resume continues an interrupted build. It is only valid \
 on this device, at this resolution and thread count: the device fingerprint is stored with it.
 
-Example: mnas latency build-lut --resolution 224 --out lut224.json";
+Examples:
+  mnas latency build-lut --resolution 224 --classes 10 --out lut224.json
+  mnas latency build-lut --resolution 224 --classes 10 --engine ort --out lut224-ort.json";
 
 const REPORT_ABOUT: &str = "How well a lookup table predicts measured latency on held-out random archs.
 
@@ -67,6 +74,12 @@ pub struct BuildLutArgs {
     /// Engine threads, each pinned to its own core.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// The engine the table predicts: `builtin` (mnas's own) or `ort` (ONNX Runtime in this
+    /// process, each stage timed as an ONNX graph of its own).
+    #[arg(long, value_enum, default_value_t = LutEngine::Builtin)]
+    pub engine: LutEngine,
+    #[command(flatten)]
+    pub ort: OrtLibArg,
     /// Timed passes per layer (the median is kept).
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
@@ -102,6 +115,21 @@ pub struct BuildLutArgs {
     pub json: bool,
 }
 
+/// Engines a table can be built for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LutEngine {
+    Builtin,
+    Ort,
+}
+
+#[derive(Args, Debug)]
+pub struct OrtLibArg {
+    /// libonnxruntime.so, for a table of ONNX Runtime [default: $MNAS_ORT_LIB, else the
+    /// onnxruntime wheel of $VIRTUAL_ENV or ./.venv].
+    #[arg(long, value_name = "PATH", env = "MNAS_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     /// Architecture: a zoo name, an arch JSON file, or block strings (see `mnas space sample`).
@@ -118,6 +146,8 @@ pub struct PredictArgs {
     /// Use a LUT measured on another device or build anyway (with a warning).
     #[arg(long)]
     pub any_device: bool,
+    #[command(flatten)]
+    pub ort: OrtLibArg,
     /// Also print every stage's entry.
     #[arg(long)]
     pub stages: bool,
@@ -160,6 +190,8 @@ pub struct ReportArgs {
     /// for this device, but shows how well the table transfers).
     #[arg(long)]
     pub any_device: bool,
+    #[command(flatten)]
+    pub ort: OrtLibArg,
     /// Print the report as JSON (with every arch's prediction and measurement).
     #[arg(long)]
     pub json: bool,
@@ -263,8 +295,12 @@ fn build(args: BuildLutArgs) -> Result<()> {
             }
         }
     };
+    let engine: &dyn StageTimer = match args.engine {
+        LutEngine::Builtin => &BuiltIn,
+        LutEngine::Ort => OrtEngine::load(args.ort.ort_lib.as_deref())?,
+    };
     let started = Instant::now();
-    let outcome = lut_build::build(&space, &opts, previous, Some(&args.out), &on_progress);
+    let outcome = lut_build::build(&space, &opts, engine, previous, Some(&args.out), &on_progress);
     if let Some(b) = &entries_bar {
         b.finish_and_clear();
     }
@@ -313,16 +349,19 @@ fn build(args: BuildLutArgs) -> Result<()> {
     Ok(())
 }
 
-/// The LUT at `path`, refused (or, with `any_device`, warned about) when measured elsewhere.
-fn load_checked(path: &PathBuf, any_device: bool) -> Result<Lut> {
+/// The LUT at `path` and the engine it was measured with, refused (or, with `any_device`,
+/// warned about) when measured elsewhere.
+fn load_checked(path: &PathBuf, any_device: bool, ort: &OrtLibArg) -> Result<(Lut, &'static dyn StageTimer)> {
     let lut = Lut::load(path)?;
-    if let Err(e) = lut.check_device() {
+    let engine = lut_build::engine_of(&lut.fingerprint, ort.ort_lib.as_deref())
+        .with_context(|| format!("{}: the table's engine", path.display()))?;
+    if let Err(e) = lut.check_device(engine) {
         if !any_device {
             bail!("{e} (pass --any-device to use it anyway)");
         }
         eprintln!("warning: {e}");
     }
-    Ok(lut)
+    Ok((lut, engine))
 }
 
 fn parse_tokens(text: &str) -> Result<Vec<usize>> {
@@ -333,7 +372,7 @@ fn parse_tokens(text: &str) -> Result<Vec<usize>> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let lut = load_checked(&args.lut, args.any_device)?;
+    let (lut, _) = load_checked(&args.lut, args.any_device, &args.ort)?;
     let arch: Arch = match (&args.arch, &args.tokens) {
         (Some(spec), _) => resolve(spec, &args.overrides)?,
         (None, Some(tokens)) => lut.space().decode(&parse_tokens(tokens)?).context("--tokens")?,
@@ -380,7 +419,7 @@ fn predict(args: PredictArgs) -> Result<()> {
 }
 
 fn report(args: ReportArgs) -> Result<()> {
-    let lut = load_checked(&args.lut, args.any_device)?;
+    let (lut, engine) = load_checked(&args.lut, args.any_device, &args.ort)?;
     let fit = lut.fit.as_ref().ok_or(LutError::Incomplete { have: lut.entries.len(), want: lut.configs })?;
     if args.seed == fit.seed {
         bail!("--seed {} is the LUT's fit seed: pick another so that the archs are held out", args.seed);
@@ -431,9 +470,9 @@ fn report(args: ReportArgs) -> Result<()> {
         let t = Instant::now();
         let predicted = lut.predict(arch)?;
         let predict_us = t.elapsed().as_secs_f64() * 1e6;
-        let measure = |a: &Arch, o: &MeasureOptions| mnas_latency::measure_arch(a, o);
+        let measure = |a: &Arch, o: &MeasureOptions| mnas_latency::measure_on(engine, a, o, &|_| {});
         let (m, cached) = match &store {
-            Some(store) => measure_cached_with(store, arch, &opts, measure)?,
+            Some(store) => measure_cached_on(store, engine, arch, &opts, measure)?,
             None => (measure(arch, &opts)?, false),
         };
         cached_count += usize::from(cached);
