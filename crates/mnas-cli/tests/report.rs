@@ -245,3 +245,41 @@ fn bad_runs_and_options_give_one_error_line() {
     assert!(std::fs::read_to_string(foreign.join("search.sqlite")).unwrap().starts_with("this is not a database"));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Several seeds per strategy: one line per strategy with the mean of the runs' last-quarter mean
+/// rewards and its standard error, and whether the difference between two strategies exceeds
+/// its standard error (what bench/search_compare.sh reads).
+#[test]
+fn seeds_of_two_strategies_are_compared_with_their_standard_error() {
+    let root = scratch("seeds");
+    let mut dirs = Vec::new();
+    let mut quarter = |strategy: &str, seed: u64| {
+        let dir = root.join(format!("{strategy}-{seed}"));
+        let rows = make_run(&dir, strategy, seed);
+        dirs.push(dir);
+        mnas_search::trial::last_quarter_mean(&rows).unwrap()
+    };
+    let ppo: Vec<f64> = (1..=3).map(|seed| quarter("ppo", seed)).collect();
+    let random: Vec<f64> = (4..=6).map(|seed| quarter("random", seed)).collect();
+    let args: Vec<&str> = std::iter::once("report").chain(dirs.iter().map(|d| s(d))).collect();
+    let o = mnas(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let se = |v: &[f64]| {
+        let m = mean(v);
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() as f64 - 1.0) / v.len() as f64).sqrt()
+    };
+    let line = |name: &str, v: &[f64]| {
+        format!("{name}: last-quarter mean reward {:.4} +- {:.4} (SE) over 3 runs", mean(v), se(v))
+    };
+    assert!(out.contains(&line("ppo", &ppo)), "{out}");
+    assert!(out.contains(&line("random", &random)), "{out}");
+    let (diff, se_diff) = (mean(&ppo) - mean(&random), (se(&ppo).powi(2) + se(&random).powi(2)).sqrt());
+    let verdict = if diff.abs() > se_diff { "larger" } else { "not larger" };
+    assert!(
+        out.contains(&format!("ppo - random: {diff:+.4} +- {se_diff:.4} (SE): the difference is {verdict} than")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

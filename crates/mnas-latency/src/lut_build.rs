@@ -108,7 +108,7 @@ impl Default for LutOptions {
         LutOptions {
             resolution: 224,
             threads: 1,
-            runs: 10,
+            runs: 20,
             warmup: 3,
             core: None,
             fit_archs: 50,

@@ -68,9 +68,58 @@ pub fn last_quarter_mean(trials: &[Trial]) -> Option<f64> {
     Some(tail.iter().map(|t| t.reward).sum::<f64>() / tail.len() as f64)
 }
 
+/// The last-quarter mean reward of several runs of one strategy: their mean and its standard
+/// error (sample SD / sqrt(runs)), the comparison a claim "strategy A learns better than B" needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategySummary {
+    pub strategy: String,
+    pub runs: usize,
+    pub mean: f64,
+    /// `None` with a single run (no spread to estimate).
+    pub standard_error: Option<f64>,
+}
+
+/// One [`StrategySummary`] per strategy, in order of first appearance; runs without trials are
+/// left out.
+pub fn by_strategy<'a>(runs: impl IntoIterator<Item = (&'a str, &'a [Trial])>) -> Vec<StrategySummary> {
+    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+    for (strategy, trials) in runs {
+        let Some(m) = last_quarter_mean(trials) else { continue };
+        match groups.iter_mut().find(|(s, _)| s == strategy) {
+            Some((_, values)) => values.push(m),
+            None => groups.push((strategy.to_string(), vec![m])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(strategy, values)| {
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let standard_error = (values.len() > 1).then(|| {
+                let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                (var / n).sqrt()
+            });
+            StrategySummary { strategy, runs: values.len(), mean, standard_error }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strategies_are_summarised_over_their_runs() {
+        let run = |rewards: &[f64]| rewards.iter().copied().map(with_reward).collect::<Vec<_>>();
+        let (a, b, c, d) = (run(&[0.0, 0.2]), run(&[0.0, 0.4]), run(&[0.1, 0.3]), run(&[]));
+        let s = by_strategy([("ppo", &a[..]), ("random", &c[..]), ("ppo", &b[..]), ("ppo", &d[..])]);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].strategy.as_str(), s[0].runs), ("ppo", 2));
+        assert!((s[0].mean - 0.3).abs() < 1e-12);
+        // SD of {0.2, 0.4} is 0.1414; over sqrt(2) runs: 0.1.
+        assert!((s[0].standard_error.unwrap() - 0.1).abs() < 1e-12, "{s:?}");
+        assert_eq!((s[1].runs, s[1].standard_error), (1, None));
+    }
 
     fn with_reward(reward: f64) -> Trial {
         Trial {

@@ -7,7 +7,7 @@ use clap::Args;
 use mnas_search::pareto::pareto_front;
 use mnas_search::report::{write_report, ReportMeta, ReportRun};
 use mnas_search::store::RunStore;
-use mnas_search::trial::last_quarter_mean;
+use mnas_search::trial::{by_strategy, last_quarter_mean};
 use mnas_search::{Trial, TrialStatus};
 
 use crate::table::render;
@@ -97,4 +97,21 @@ fn print_summary(runs: &[ReportRun]) {
         "{}",
         render(&["run", "strategy", "trials", "ok", "best reward", "mean reward, last quarter", "Pareto"], &rows)
     );
+    let summaries = by_strategy(runs.iter().map(|r| (r.meta.strategy.as_str(), r.trials.as_slice())));
+    if summaries.iter().any(|s| s.runs > 1) {
+        for s in &summaries {
+            let se = s.standard_error.map_or("no SE with one run".to_string(), |se| format!("+- {se:.4} (SE)"));
+            println!("{}: last-quarter mean reward {:.4} {se} over {} runs", s.strategy, s.mean, s.runs);
+        }
+        if let [a, b] = summaries.as_slice() {
+            if let (Some(sa), Some(sb)) = (a.standard_error, b.standard_error) {
+                let (diff, se) = (a.mean - b.mean, (sa * sa + sb * sb).sqrt());
+                let verdict = if diff.abs() > se { "larger" } else { "not larger" };
+                println!(
+                    "{} - {}: {diff:+.4} +- {se:.4} (SE): the difference is {verdict} than its standard error",
+                    a.strategy, b.strategy
+                );
+            }
+        }
+    }
 }

@@ -80,8 +80,8 @@ pub struct BuildLutArgs {
     pub engine: LutEngine,
     #[command(flatten)]
     pub ort: OrtLibArg,
-    /// Timed passes per layer (the median is kept).
-    #[arg(long, default_value_t = 10)]
+    /// Timed passes per layer (the median is kept; 20 measured 98 % within +-10 % where 10 gave 89 %).
+    #[arg(long, default_value_t = 20)]
     pub runs: usize,
     /// Untimed passes per layer first.
     #[arg(long, default_value_t = 3)]
