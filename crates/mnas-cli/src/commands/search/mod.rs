@@ -228,7 +228,7 @@ struct SetupLines;
 
 impl SetupObserver for SetupLines {
     fn on_target_measure(&mut self, r: u32) {
-        eprintln!("target: measuring MobileNetV2-1.0 at {r}x{r} on the latency device (--target auto)");
+        eprintln!("target: MobileNetV2-1.0 at {r}x{r} from the search's latency source (measured, or predicted by --latency-lut) (--target auto)");
     }
 
     fn on_proxy_ready(&mut self, trainer: &ProxyTrainer) {
