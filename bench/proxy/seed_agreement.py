@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Seed-to-seed agreement over every architecture a `mnas bench proxy` cache holds (not only those with a
-reference row): Kendall tau-b between seeds 0 and 1 per score, and the accuracy noise (SD of the per-model
-difference / sqrt 2).   python3 bench/proxy/seed_agreement.py runs/bench-proxy/*.csv"""
+reference row): Kendall tau-b between seeds 0 and 1 per score, the accuracy noise (SD of the per-model
+difference / sqrt 2), and each seed's own tau of held-out accuracy vs the reference (what one search trial
+ranks like; `mnas bench proxy` judges the mean of the seeds).
+    python3 bench/proxy/seed_agreement.py runs/bench-proxy/*.csv"""
 import csv, sys, math, json
 from itertools import combinations
 def taub(x, y):
@@ -14,6 +16,8 @@ def taub(x, y):
         if a * b > 0: c += 1
         else: d += 1
     return (c - d) / math.sqrt((c + d + tx) * (c + d + ty))
+ref_lines = [l for l in open('bench/proxy/reference-cifar10.csv') if not l.startswith('#')]
+reference = {int(r['index']): float(r['val_top1']) for r in csv.DictReader(ref_lines) if r['status'] == 'ok'}
 for path in sys.argv[1:]:
     lines = open(path).read().splitlines()
     hdr = json.loads(lines[0].split(' ', 3)[3])['settings']
@@ -31,5 +35,8 @@ for path in sys.argv[1:]:
     sd = math.sqrt(sum(d * d for d in diffs) / len(diffs) / 2)
     mean = sum(a + b) / (2 * len(a))
     secs = sum(float(r['seconds']) for r in rows) / len(rows)
+    judged = [i for i in idx if i in reference]
+    per_seed = [taub([float(by[i][sd]['val_top1']) for i in judged], [reference[i] for i in judged]) for sd in (0, 1)]
+    out.append(f"per-seed tau vs reference ({len(judged)} archs) {per_seed[0]:.3f} / {per_seed[1]:.3f}")
     print(f"{path}: images {hdr['images']} val {hdr['val_images']} epochs {hdr['epochs']} width {hdr['width']} stem {hdr['stem_stride']}: "
           f"{len(idx)} archs x 2 seeds: {', '.join(out)}; accuracy noise SD {100*sd:.2f} points; mean acc {100*mean:.1f} %; {secs:.1f} s/trial")
