@@ -148,11 +148,7 @@ pub fn part_onnx<B: Backend>(part: &Part<'_, B>, batch: u32) -> Result<Vec<u8>, 
         Part::Stem(m) => (map(3, m.arch.resolution), map(m.arch.stem_out(), m.arch.stem_out_size()), "stem"),
         Part::Layer(l) => (map(l.spec.in_channels, l.spec.in_size), map(l.spec.out_channels, l.spec.out_size), "layer"),
         Part::Head(m) => {
-            let (c, s) = m
-                .arch
-                .layers()
-                .last()
-                .map_or((m.arch.stem_out(), m.arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+            let (c, s) = m.arch.head_input();
             (map(c, s), vec![Dim::Value(i64::from(batch)), Dim::Value(m.arch.num_classes.into())], "head")
         }
     };

@@ -297,8 +297,7 @@ impl Lut {
             return Err(LutError::Resolution { lut: self.resolution, arch: arch.resolution });
         }
         let layers = arch.layers();
-        let (head_in, size) =
-            layers.last().map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+        let (head_in, size) = arch.head_input_after(&layers);
         let mut total = 0.0;
         let mut key = String::with_capacity(96);
         for stage in 0..layers.len() + 2 {
@@ -390,8 +389,7 @@ pub fn stage_keys(arch: &Arch) -> Vec<StageRef> {
             key: layer_key(l, arch.activation),
         });
     }
-    let (head_in, size) =
-        layers.last().map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+    let (head_in, size) = arch.head_input_after(&layers);
     out.push(StageRef {
         stage: "head".into(),
         description: "conv k1 + avgpool + linear".into(),

@@ -219,8 +219,7 @@ pub fn enumerate(space: &SearchSpace) -> Vec<StageConfig> {
         tokens[last * decisions + 4] = f;
         let arch = decode(&tokens);
         let layers = arch.layers();
-        let (head_in, size) =
-            layers.last().map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+        let (head_in, size) = arch.head_input_after(&layers);
         let costs = mnas_space::count(&arch).layers;
         let macs = costs.iter().rev().take(2).map(|c| c.macs).sum();
         let description = format!("head conv k1 {head_in}->{} + avgpool + linear", arch.head_channels);
@@ -487,11 +486,16 @@ fn engine_error(e: mnas_engine::EngineError) -> LatencyError {
     LatencyError::Engine(e.to_string())
 }
 
+/// `n` fixed values in [-1, 1): the input a stage is timed on (values do not change latency).
+pub(crate) fn stage_input(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect()
+}
+
 /// Times one layer alone in inference form (BN folded) on a random input of its shape.
 fn time_layer(layer: &Layer, act: Activation, opts: &LutOptions) -> LutResult<Vec<f64>> {
     let net = FoldedLayer::random(layer, act, opts.seed);
     let (c, s) = (layer.in_channels as usize, layer.in_size as usize);
-    let input: Vec<f32> = (0..c * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let input = stage_input(c * s * s);
     let once = || -> LutResult<f64> {
         // The layer consumes its input buffer, so the copy is made before the clock starts: in
         // a network nothing is copied between layers.
@@ -513,7 +517,7 @@ fn time_layer(layer: &Layer, act: Activation, opts: &LutOptions) -> LutResult<Ve
 fn time_in_network(arch: &Arch, opts: &LutOptions, pick: impl Fn(&[Duration]) -> Duration) -> LutResult<Vec<f64>> {
     let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
     let r = arch.resolution as usize;
-    let input: Vec<f32> = (0..r * r * 3).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let input = stage_input(r * r * 3);
     let once = || -> LutResult<f64> {
         let (logits, times) = net.forward_timed(&input, 1, r).map_err(engine_error)?;
         black_box(logits);

@@ -223,16 +223,13 @@ impl StageTimer for OrtEngine {
             }
             StageKind::Stem(arch) => (export(Part::Stem(&model(arch)?))?, 3, arch.resolution),
             StageKind::Head(arch) => {
-                let (c, s) = arch
-                    .layers()
-                    .last()
-                    .map_or((arch.stem_out(), arch.stem_out_size()), |l| (l.out_channels, l.out_size));
+                let (c, s) = arch.head_input();
                 (export(Part::Head(&model(arch)?))?, c, s)
             }
         };
         let mut session = self.session(&bytes, opts.threads, cores)?;
         let (c, s) = (channels as usize, size as usize);
-        let values: Vec<f32> = (0..c * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let values = crate::lut_build::stage_input(c * s * s);
         let input = Tensor::from_array(([1, c, s, s], values)).map_err(ort_error)?;
         let mut once = || -> Result<f64> {
             let start = std::time::Instant::now();
@@ -280,7 +277,7 @@ mod tests {
                 (shape.iter().map(|&d| d as usize).collect(), data.to_vec())
             };
             let r = arch.resolution as usize;
-            let x: Vec<f32> = (0..3 * r * r).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+            let x = crate::lut_build::stage_input(3 * r * r);
             let whole = run(export_onnx(&model, &ExportOptions::default()).unwrap(), (vec![1, 3, r, r], x.clone()));
             let mut y = run(part_onnx(&Part::Stem(&model), 1).unwrap(), (vec![1, 3, r, r], x));
             for l in &model.blocks {

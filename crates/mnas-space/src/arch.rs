@@ -191,6 +191,18 @@ impl Arch {
         conv_out(self.resolution, 3, 2)
     }
 
+    /// Channels and spatial size of the head's input: the last layer's output (the stem's when
+    /// there are no layers).
+    pub fn head_input(&self) -> (u32, u32) {
+        self.head_input_after(&self.layers())
+    }
+
+    /// [`head_input`](Self::head_input) given `self.layers()` already built (a hot path need
+    /// not build them twice).
+    pub fn head_input_after(&self, layers: &[Layer]) -> (u32, u32) {
+        layers.last().map_or((self.stem_out(), self.stem_out_size()), |l| (l.out_channels, l.out_size))
+    }
+
     /// Checks every field a user can get wrong; the error names the field.
     pub fn validate(&self) -> Result<(), SpaceError> {
         let bad = |field: String, reason: String| Err(SpaceError::InvalidArch { field, reason });
