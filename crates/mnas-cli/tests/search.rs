@@ -178,6 +178,8 @@ fn bad_search_options_give_one_clear_line() {
         (&["search", "--out", r, "--resolution", "8"], "deployment resolution"),
         (&["search", "--out", r, "--latency-threads", "0"], "threads"),
         (&["search", "--out", r, "--data", "/no/such/dataset"], "/no/such/dataset"),
+        // The reward is accuracy times the latency term: another proxy score is refused, not ignored.
+        (&["search", "--out", r, "--proxy-score", "val-loss"], "a search scores with accuracy"),
     ];
     for (args, needle) in cases {
         let o = mnas().args(*args).output().unwrap();

@@ -96,6 +96,7 @@ fn the_reference_recipe_as_a_proxy_reproduces_the_reference_exactly() {
     let report = bench.run(&mut Silent).expect("bench");
     assert_eq!(report.archs, 6);
     assert_eq!(report.tau, Some(1.0), "{report:?}");
+    assert_eq!(report.tau_one_seed, Some(1.0));
     assert_eq!(report.top25, Some(1.0));
     assert_eq!(report.tau_ci, Some([1.0, 1.0]));
     assert!((report.mean_accuracy - report.reference_mean_accuracy).abs() < 1e-9);
@@ -108,6 +109,13 @@ fn the_reference_recipe_as_a_proxy_reproduces_the_reference_exactly() {
     let report2 = two.run(&mut counter).expect("bench");
     assert_eq!(counter.0, 6, "only the second seed's runs are new");
     assert!(report2.tau_seed.is_some_and(|t| (-1.0..=1.0).contains(&t)));
+    // Each seed ranks on its own: the first is the reference's seed (exactly 1), the mean of the
+    // two is what one search trial ranks with.
+    let own = report2.scores.iter().find(|f| f.score == Score::Accuracy).expect("accuracy figures");
+    assert_eq!(own.tau_by_seed.len(), 2);
+    assert_eq!(own.tau_by_seed[0], Some(1.0), "{own:?}");
+    let second = own.tau_by_seed[1].expect("second seed's tau");
+    assert_eq!(report2.tau_one_seed, Some((1.0 + second) / 2.0));
     let json = serde_json::to_value(&report2).expect("serialises");
     for key in ["archs", "tau", "tau_ci", "tau_params", "tau_macs", "tau_seed", "mean_accuracy", "seconds_per_trial"] {
         assert!(json.get(key).is_some(), "missing {key}");

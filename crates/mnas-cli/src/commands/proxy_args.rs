@@ -90,7 +90,8 @@ pub struct ProxyArgs {
     /// Seed of every proxy run: initial weights, data order, augmentation.
     #[arg(long)]
     pub proxy_seed: Option<u64>,
-    /// What the proxy reports as a model's quality.
+    /// What the proxy reports as a model's quality (`mnas search` needs accuracy: its reward
+    /// multiplies it; `mnas bench proxy` reports every score and marks this one).
     #[arg(long, value_enum)]
     pub proxy_score: Option<ScoreArg>,
 }

@@ -118,6 +118,10 @@ pub struct ScoreFigures {
     pub spearman: Option<f64>,
     /// Tau between the first two seeds' scores.
     pub tau_seed: Option<f64>,
+    /// Each seed's own tau against the reference (one proxy run per model, as a search trial
+    /// runs), and their mean: the seed-mean `tau` above ranks with more compute than a trial has.
+    pub tau_by_seed: Vec<Option<f64>>,
+    pub tau_one_seed: Option<f64>,
     /// Share of the reference's top quarter that the proxy also puts in its top quarter.
     pub top25: Option<f64>,
 }
@@ -136,6 +140,7 @@ pub struct BenchReport {
     pub tau_ci: Option<[f64; 2]>,
     pub spearman: Option<f64>,
     pub tau_seed: Option<f64>,
+    pub tau_one_seed: Option<f64>,
     pub top25: Option<f64>,
     /// Baselines: parameter count and MACs (deployed form) against the reference.
     pub tau_params: Option<f64>,
@@ -278,6 +283,10 @@ impl ProxyBench<'_> {
             .iter()
             .map(|&score| {
                 let x = mean_score(score);
+                let tau_by_seed: Vec<Option<f64>> =
+                    seeds.iter().map(|&s| tau_b(&per_seed(score, s), &reference)).collect();
+                let known: Vec<f64> = tau_by_seed.iter().flatten().copied().collect();
+                let tau_one_seed = (known.len() == seeds.len()).then(|| known.iter().sum::<f64>() / known.len() as f64);
                 ScoreFigures {
                     score,
                     tau: tau_b(&x, &reference),
@@ -286,6 +295,8 @@ impl ProxyBench<'_> {
                     tau_seed: (seeds.len() >= 2)
                         .then(|| tau_b(&per_seed(score, seeds[0]), &per_seed(score, seeds[1])))
                         .flatten(),
+                    tau_by_seed,
+                    tau_one_seed,
                     top25: top_overlap(&x, &reference, 0.25),
                 }
             })
@@ -303,6 +314,7 @@ impl ProxyBench<'_> {
             tau_ci: own.tau_ci,
             spearman: own.spearman,
             tau_seed: own.tau_seed,
+            tau_one_seed: own.tau_one_seed,
             top25: own.top25,
             tau_params: tau_b(&params, &reference),
             tau_params_ci: boot(&params, 2),

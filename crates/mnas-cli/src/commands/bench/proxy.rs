@@ -27,10 +27,11 @@ Example: mnas bench reference --data ../shared/data/cifar10-jpg.tar.gz --out ben
 pub const PROXY_ABOUT: &str = "Judge a proxy recipe: train every architecture of the reference's sample with the \
 proxy (--seeds runs each), then compare the proxy's scores with the reference accuracies.\n\n\
 Prints Kendall tau-b (with a 95 % bootstrap interval over architectures) and Spearman rho of the proxy score \
-against the reference, the seed-to-seed tau, the same tau for parameter count and MACs (the baselines a proxy \
+against the reference (of the seeds' mean score, and of one seed's score: what a search trial ranks with), \
+the seed-to-seed tau, the same tau for parameter count and MACs (the baselines a proxy \
 must beat), the overlap of the top quarter, mean accuracy, and seconds and images/s per trial, for every score \
 (held-out accuracy, held-out loss, training-loss sum). --json prints one object instead (keys archs, tau, tau_ci, \
-tau_params, tau_macs, tau_seed, mean_accuracy, seconds_per_trial, ...).\n\n\
+tau_one_seed, tau_params, tau_macs, tau_seed, mean_accuracy, seconds_per_trial, ...).\n\n\
 Proxy runs are cached per recipe under --cache, so a rerun of the same recipe prints at once and an interrupted \
 one continues. The data set and its split must be the reference's (its header names them; --data defaults to it).\n\n\
 Example: mnas bench proxy --reference bench/proxy/reference-cifar10.csv --proxy-images 5000 --proxy-epochs 1";
@@ -235,15 +236,19 @@ pub fn run_proxy(args: BenchProxyArgs) -> Result<()> {
         args.reference.display(),
         100.0 * report.reference_mean_accuracy
     );
-    println!("{:<12} {:>7} {:>16} {:>8} {:>9} {:>6}", "score", "tau", "95% interval", "rho", "seed tau", "top25");
+    println!(
+        "{:<12} {:>7} {:>16} {:>8} {:>9} {:>9} {:>6}",
+        "score", "tau", "95% interval", "rho", "one seed", "seed tau", "top25"
+    );
     for f in &report.scores {
         let mark = if f.score == report.score { "*" } else { " " };
         println!(
-            "{:<12} {:>7} {:>16} {:>8} {:>9} {:>6}",
+            "{:<12} {:>7} {:>16} {:>8} {:>9} {:>9} {:>6}",
             format!("{}{mark}", f.score.name()),
             fmt(f.tau),
             fmt_ci(f.tau_ci),
             fmt(f.spearman),
+            fmt(f.tau_one_seed),
             fmt(f.tau_seed),
             f.top25.map(|v| format!("{:.2}", v)).unwrap_or_else(|| "n/a".into())
         );
