@@ -159,34 +159,41 @@ pub(crate) unsafe fn row_from_avx512(
     // Output pixels whose taps all fall inside the row: p <= ox*s and ox*s + k - 1 - p < w.
     let inner_lo = p.div_ceil(s).min(ow);
     let inner_hi = if w + p >= k { ((w + p - k) / s + 1).min(ow) } else { 0 }.max(inner_lo);
-    // Pixels outermost, channel blocks inside: the taps of a few pixels (all channels) stay in
-    // L1 while every block reads them, instead of the k input rows passing once per block.
-    let mut ox = 0;
-    while ox < ow {
-        let inner = ox >= inner_lo && ox + 8 <= inner_hi;
-        let tile = if inner { 8 } else { (ow - ox).min(8) };
-        for cb in (0..c).step_by(16) {
-            let mask: u16 = if c - cb >= 16 { u16::MAX } else { ((1u32 << (c - cb)) - 1) as u16 };
-            let start = match bias {
-                Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(cb)),
-                None => _mm512_setzero_ps(),
-            };
-            if inner {
-                match (k, s) {
-                    (3, 1) => dw_eight::<3, 1>(wt, rows, g, cb, mask, start, act, ox, out),
-                    (3, 2) => dw_eight::<3, 2>(wt, rows, g, cb, mask, start, act, ox, out),
-                    (5, 1) => dw_eight::<5, 1>(wt, rows, g, cb, mask, start, act, ox, out),
-                    (5, 2) => dw_eight::<5, 2>(wt, rows, g, cb, mask, start, act, ox, out),
-                    (7, 1) => dw_eight::<7, 1>(wt, rows, g, cb, mask, start, act, ox, out),
-                    _ => dw_pixels(wt, rows, g, cb, mask, start, act, ox, 8, out),
+    // Channel groups outermost, then pixels, then the group's 16-channel blocks: the taps of a
+    // few pixels stay in L1 while every block of the group reads them. A whole-channel tile of a
+    // 5x5 kernel (5 rows x 12 pixels x 192 channels: 46 KB, plus 19 KB of weights) would not fit
+    // in L1; a group of 64 channels (15 KB + 6 KB) does.
+    for group in (0..c).step_by(CHANNEL_GROUP) {
+        let mut ox = 0;
+        while ox < ow {
+            let inner = ox >= inner_lo && ox + 8 <= inner_hi;
+            let tile = if inner { 8 } else { (ow - ox).min(8) };
+            for cb in (group..(group + CHANNEL_GROUP).min(c)).step_by(16) {
+                let mask: u16 = if c - cb >= 16 { u16::MAX } else { ((1u32 << (c - cb)) - 1) as u16 };
+                let start = match bias {
+                    Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(cb)),
+                    None => _mm512_setzero_ps(),
+                };
+                if inner {
+                    match (k, s) {
+                        (3, 1) => dw_eight::<3, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                        (3, 2) => dw_eight::<3, 2>(wt, rows, g, cb, mask, start, act, ox, out),
+                        (5, 1) => dw_eight::<5, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                        (5, 2) => dw_eight::<5, 2>(wt, rows, g, cb, mask, start, act, ox, out),
+                        (7, 1) => dw_eight::<7, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                        _ => dw_pixels(wt, rows, g, cb, mask, start, act, ox, 8, out),
+                    }
+                } else {
+                    dw_pixels(wt, rows, g, cb, mask, start, act, ox, tile, out);
                 }
-            } else {
-                dw_pixels(wt, rows, g, cb, mask, start, act, ox, tile, out);
             }
+            ox += tile;
         }
-        ox += tile;
     }
 }
+
+/// Channels of one pass over an output row (a multiple of the 16 lanes).
+const CHANNEL_GROUP: usize = 64;
 
 /// Eight interior output pixels of one 16-channel slice for a kernel size and stride known at
 /// compile time: each kernel row's inputs (7 * S + K pixels) are loaded into registers once and
@@ -402,7 +409,7 @@ mod tests {
     #[test]
     fn avx512_rows_match_the_portable_rows() {
         // Rows wide enough for 8-pixel tiles of every (kernel, stride) with a kernel of its own,
-        // and maps smaller than the kernel.
+        // maps smaller than the kernel, and channels in several groups.
         for &(n, h, w, c, k, stride) in &[
             (1, 9, 17, 17, 7, 1),
             (1, 9, 35, 16, 7, 2),
@@ -411,6 +418,9 @@ mod tests {
             (1, 5, 19, 8, 3, 1),
             (1, 7, 40, 48, 3, 2),
             (1, 2, 2, 33, 5, 2),
+            // More channels than one group: two whole groups and a partial one (masked lanes).
+            (1, 6, 21, 152, 5, 1),
+            (1, 5, 18, 200, 3, 2),
         ] {
             let g = Dw { n, h, w, c, k, stride };
             let x: Vec<f32> = values(n * h * w * c, 4).iter().map(|v| v * 4.0).collect();
