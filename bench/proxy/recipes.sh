@@ -17,7 +17,8 @@ partial=()
 if [[ "${1:-}" == "--partial" ]]; then partial=(--partial); shift; fi
 
 # Common to the new recipes: width 0.5 during proxy training, stem stride 1 (32 px images reach the
-# last blocks at 2x2), batch 32, SGD Nesterov lr 0.05, 5 % warm-up then linear decay, weight decay
+# last blocks at 2x2), batch 32, SGD Nesterov lr 0.05 (r20-lr* change it; r20-lr0.025 is the
+# default), 5 % warm-up then linear decay, weight decay
 # 5e-5, label smoothing 0.1, no dropout, one seed for every architecture, 2,000 held-out images.
 NEW="--proxy-width 0.5 --proxy-stem-stride 1 --proxy-batch-size 32 --proxy-lr 0.05 --proxy-warmup 0.05 \
 --proxy-decay linear --proxy-weight-decay 5e-5 --proxy-label-smoothing 0.1 --proxy-val-images 2000"
@@ -32,10 +33,16 @@ declare -A RECIPES=(
   [r20-2ep]="$NEW --proxy-images 3500 --proxy-epochs 2"
   [r20-10k]="$NEW --proxy-images 10000 --proxy-epochs 1"
   [r20-w25]="${NEW/--proxy-width 0.5/--proxy-width 0.25} --proxy-images 10000 --proxy-epochs 1"
+  # The learning-rate sweep of r20 (its peak lr was 0.05 everywhere before); r20-lr0.025 is the
+  # search's default since.
+  [r20-lr0.1]="${NEW/--proxy-lr 0.05/--proxy-lr 0.1} --proxy-images 7000 --proxy-epochs 1"
+  [r20-lr0.2]="${NEW/--proxy-lr 0.05/--proxy-lr 0.2} --proxy-images 7000 --proxy-epochs 1"
+  [r20-lr0.025]="${NEW/--proxy-lr 0.05/--proxy-lr 0.025} --proxy-images 7000 --proxy-epochs 1"
+  [r20-lr0.0125]="${NEW/--proxy-lr 0.05/--proxy-lr 0.0125} --proxy-images 7000 --proxy-epochs 1"
   [r60]="$NEW --proxy-images 20000 --proxy-epochs 1"
   [r180]="$NEW --proxy-images 45000 --proxy-epochs 1.33"
 )
-ORDER=(r20 old-default r10 r20-10k r20-w25 r20-2ep r60 r180)
+ORDER=(r20-lr0.025 r20 old-default r10 r20-10k r20-lr0.1 r20-lr0.0125 r20-lr0.2 r20-w25 r20-2ep r60 r180)
 [[ $# -gt 0 ]] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do
@@ -50,11 +57,13 @@ import json, sys
 out, names = sys.argv[1], sys.argv[2:]
 def f(v): return "  n/a" if v is None else f"{v:+.2f}"
 def ci(v): return "" if v is None else f"[{v[0]:+.2f},{v[1]:+.2f}]"
-print(f"{'recipe':<12} {'s/trial':>7} {'img/s':>6} {'acc%':>5}  " + "  ".join(f"{s:<20}" for s in ["accuracy", "val-loss", "tse", "tse-late"]) + f"  {'seed tau':<8} {'params':<6} {'MACs':<6}")
+print(f"{'recipe':<13} {'s/trial':>7} {'img/s':>6} {'acc%':>5}  " + "  ".join(f"{s:<20}" for s in ["accuracy", "val-loss", "tse", "tse-late"]) + f"  {'one seed':<8}  {'seed tau':<8} {'params':<6} {'MACs':<6}")
 for n in names:
     r = json.load(open(f"{out}/{n}.json"))
     by = {s["score"]: s for s in r["scores"]}
     cols = "  ".join(f"{f(by[k]['tau'])} {ci(by[k]['tau_ci']):<14}" for k in ["accuracy", "val_loss", "tse", "tse_late"])
     seed = "/".join(f(by[k]["tau_seed"]) for k in ["accuracy", "tse"])
-    print(f"{n:<12} {r['seconds_per_trial']:7.1f} {r['images_per_sec']:6.0f} {100*r['mean_accuracy']:5.1f}  {cols}  {seed:<8} {f(r['tau_params']):<6} {f(r['tau_macs']):<6}  ({r['archs']}/{r['sample']} archs)")
+    # One seed's tau (the mean over seeds of each seed's own): what one search trial ranks with.
+    one = f(by["accuracy"].get("tau_one_seed"))
+    print(f"{n:<13} {r['seconds_per_trial']:7.1f} {r['images_per_sec']:6.0f} {100*r['mean_accuracy']:5.1f}  {cols}  {one:<8}  {seed:<8} {f(r['tau_params']):<6} {f(r['tau_macs']):<6}  ({r['archs']}/{r['sample']} archs)")
 PY
