@@ -14,9 +14,19 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-/// A few steps per architecture: enough to tell the plumbing works, seconds in all.
+/// A few steps per architecture: enough to tell the plumbing works, seconds in all. The learning
+/// rate is its own, not the default's: with the default's 0.025 these 4 steps left the models'
+/// held-out accuracies tied, and tau of tied scores is undefined.
 fn tiny() -> ProxySettings {
-    ProxySettings { images: 256, val_images: 200, epochs: 0.5, batch_size: 32, width: 0.25, ..ProxySettings::default() }
+    ProxySettings {
+        images: 256,
+        val_images: 200,
+        epochs: 0.5,
+        batch_size: 32,
+        width: 0.25,
+        lr: 0.05,
+        ..ProxySettings::default()
+    }
 }
 
 fn job(out: PathBuf, archs: usize, settings: ProxySettings) -> ReferenceJob {
