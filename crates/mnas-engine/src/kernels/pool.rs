@@ -37,12 +37,9 @@ simd_fn! {
         let height = rows.len() / (w * c);
         for (ox, o) in out.chunks_exact_mut(c).enumerate() {
             let (x0, x1) = (ox * s, ((ox + 1) * s).min(w));
-            o.copy_from_slice(&rows[x0 * c..(x0 + 1) * c]);
+            o.fill(0.0);
             for iy in 0..height {
                 for ix in x0..x1 {
-                    if iy == 0 && ix == x0 {
-                        continue;
-                    }
                     let cell = &rows[(iy * w + ix) * c..][..c];
                     for (a, &v) in o.iter_mut().zip(cell) {
                         *a += v;
