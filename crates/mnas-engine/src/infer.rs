@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+
 use mnas_space::naming::layer_prefix;
 use mnas_space::{Activation, Arch, Layer};
 
@@ -15,7 +17,7 @@ use crate::kernels::depthwise::{self, Dw};
 use crate::kernels::fused;
 use crate::kernels::pointwise::PackedPointwise;
 use crate::kernels::pool;
-use crate::mat::{par_gemm, View};
+use crate::mat::{par_gemm, par_gemm_reduce, View};
 use crate::net::{units_of, ConvKind, LayerUnits, Net, NetOptions, SeUnit, Shortcut, Unit};
 use crate::params::{Params, ParamsBuilder};
 use crate::simd::add_to;
@@ -229,11 +231,40 @@ fn layer_of(p: &Params, eps: f64, l: &LayerUnits, name: String) -> FoldedLayer {
     }
 }
 
-/// `x * gate(x)` in place for one image of `hw` pixels.
+/// `acc += a`, split over the threads for large maps (the residual add of a batch-1 model).
+fn par_add_to(acc: &mut [f32], a: &[f32]) {
+    if rayon::current_num_threads() == 1 || acc.len() < SPLIT_MIN_VALUES {
+        return add_to(acc, a);
+    }
+    let chunk = acc.len().div_ceil(crate::kernels::tasks());
+    acc.par_chunks_mut(chunk).zip(a.par_chunks(chunk)).for_each(|(acc, a)| add_to(acc, a));
+}
+
+/// Below this many values an SE (pooling, scaling) or a residual add runs on one thread: splitting a small map
+/// costs more in fork/join than it saves.
+const SPLIT_MIN_VALUES: usize = 48 * 1024;
+
+/// `x * gate(x)` in place for one image of `hw` pixels. With several threads and a large map,
+/// the pooling and the scaling are split by pixels (a batch-1 model has no other parallelism
+/// here); the partial sums are added in a fixed order, so results do not depend on scheduling.
 fn squeeze_excite(se: &FoldedSe, img: &mut [f32], hw: usize, act: Act) {
-    let mut pooled = vec![0f32; se.c];
-    for px in img.chunks_exact(se.c) {
-        add_to(&mut pooled, px);
+    let c = se.c;
+    let parts =
+        if rayon::current_num_threads() > 1 && img.len() >= SPLIT_MIN_VALUES { crate::kernels::tasks() } else { 1 };
+    let chunk = hw.div_ceil(parts) * c;
+    let sums: Vec<Vec<f32>> = img
+        .par_chunks(chunk)
+        .map(|part| {
+            let mut sum = vec![0f32; c];
+            for px in part.chunks_exact(c) {
+                add_to(&mut sum, px);
+            }
+            sum
+        })
+        .collect();
+    let mut pooled = vec![0f32; c];
+    for sum in &sums {
+        add_to(&mut pooled, sum);
     }
     pooled.iter_mut().for_each(|v| *v /= hw as f32);
     let mut hidden = se.b1.clone();
@@ -246,9 +277,11 @@ fn squeeze_excite(se: &FoldedSe, img: &mut [f32], hw: usize, act: Act) {
         crate::simd::axpy(&mut gate, &se.w2[j * se.c..(j + 1) * se.c], h);
     }
     gate.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
-    for px in img.chunks_exact_mut(se.c) {
-        crate::simd::mul_in_place(px, &gate);
-    }
+    img.par_chunks_mut(chunk).for_each(|part| {
+        for px in part.chunks_exact_mut(c) {
+            crate::simd::mul_in_place(px, &gate);
+        }
+    });
 }
 
 impl FoldedLayer {
@@ -300,7 +333,7 @@ impl FoldedLayer {
         };
         match &self.shortcut {
             FoldedShortcut::None => {}
-            FoldedShortcut::Identity => timed(OpKind::Shortcut, || add_to(&mut out, &x)),
+            FoldedShortcut::Identity => timed(OpKind::Shortcut, || par_add_to(&mut out, &x)),
             FoldedShortcut::Pool { stride, conv } => {
                 let pooled;
                 let src: &[f32] = if *stride == 1 {
@@ -435,7 +468,14 @@ impl Folded {
             let features = pool::global_mean(&y, n, hh * hw, self.head_c);
             let mut logits: Vec<f32> = (0..n).flat_map(|_| self.classifier_b.iter().copied()).collect();
             let wt = View::rows(&self.classifier_w, self.head_c, self.classes);
-            par_gemm(&mut logits, View::rows(&features, n, self.head_c), wt, true);
+            let features = View::rows(&features, n, self.head_c);
+            // A few images leave par_gemm one block of rows (one thread): split the weights'
+            // rows instead, so that each thread reads its part of the (megabytes of) weights.
+            if n < 32 {
+                par_gemm_reduce(&mut logits, features, wt, true);
+            } else {
+                par_gemm(&mut logits, features, wt, true);
+            }
             logits
         });
         after(self.layers.len() + 2);
@@ -483,6 +523,31 @@ mod tests {
             assert_eq!(times.len(), folded.stage_names().len());
             let rows: Vec<String> = mnas_space::count(&arch).layers.into_iter().map(|l| l.name).collect();
             assert_eq!(folded.stage_names(), rows);
+        }
+    }
+
+    /// Maps large enough that a batch-1 layer splits its SE, residual add and fused expansion
+    /// over the threads: the same values as on one thread, whatever the scheduling.
+    #[test]
+    fn split_layers_match_one_thread() {
+        let mut arch = mnas_space::parse_block_list("stem16 ir_r2_k5_s1_e6_c24_se0.25 head32").expect("valid");
+        arch.resolution = 56;
+        // The second layer has an identity shortcut; both see 28x28 maps of 144 expanded channels.
+        let spec = &arch.layers()[1];
+        assert!(spec.in_size as usize * spec.in_size as usize * 144 >= SPLIT_MIN_VALUES);
+        let layer = FoldedLayer::random(spec, arch.activation, 4);
+        let (c, s) = (spec.in_channels as usize, spec.in_size as usize);
+        let x = values(s * s * c, 1);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| layer.run(&x, 1, s, s).expect("valid"))
+        };
+        let one = run(1);
+        let want: Vec<f64> = one.iter().map(|v| *v as f64).collect();
+        for _ in 0..3 {
+            let two = run(2);
+            assert!(crate::kernels::testutil::max_rel(&two, &want) < 1e-5);
+            assert_eq!(two, run(2), "a split layer gives the same bits on every run");
         }
     }
 

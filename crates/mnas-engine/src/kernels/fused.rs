@@ -12,8 +12,8 @@ use super::depthwise::Dw;
 use super::pointwise::PackedPointwise;
 use crate::buf::Buf;
 
-/// Output rows per task when the pool has more than one thread (each task re-expands up to
-/// k - stride rows at its start).
+/// Fewest output rows per task when the pool has more than one thread (each task re-expands up
+/// to k - stride rows at its start).
 const ROWS_PER_TASK: usize = 8;
 
 /// `y` (`n x oh x ow x c`) = dw_act(depthwise(expand_act(expand(`x`)))) where `x` is `n x h x w x
@@ -38,7 +38,13 @@ pub fn expand_depthwise_into(
     assert!(expand.outputs() == c, "expansion to {} channels feeding a depthwise of {c}", expand.outputs());
     assert!(x.len() == g.n * g.h * g.w * cin && y.len() == g.n * oh * ow * c, "fused operands");
     assert!(wt.len() == g.k * g.k * c && bias.len() == c, "depthwise weights");
-    let per_task = if rayon::current_num_threads() > 1 { ROWS_PER_TASK } else { oh };
+    // One band of rows per thread: each task's start re-expands k - stride rows, which with
+    // 8-row tasks was a quarter (k3) to a half (k5) more expansion work.
+    let per_task = if rayon::current_num_threads() > 1 {
+        ROWS_PER_TASK.max(oh.div_ceil(rayon::current_num_threads()))
+    } else {
+        oh
+    };
     let row = ow * c;
     let image_in = g.h * g.w * cin;
     y.par_chunks_mut(oh * row).zip(x.par_chunks(image_in)).for_each(|(y_img, img)| {
