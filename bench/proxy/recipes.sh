@@ -22,6 +22,8 @@ if [[ "${1:-}" == "--partial" ]]; then partial=(--partial); shift; fi
 # 5e-5, label smoothing 0.1, no dropout, one seed for every architecture, 2,000 held-out images.
 NEW="--proxy-width 0.5 --proxy-stem-stride 1 --proxy-batch-size 32 --proxy-lr 0.05 --proxy-warmup 0.05 \
 --proxy-decay linear --proxy-weight-decay 5e-5 --proxy-label-smoothing 0.1 --proxy-val-images 2000"
+# The default of `mnas search`: NEW at lr 0.025.
+DEF="${NEW/--proxy-lr 0.05/--proxy-lr 0.025}"
 declare -A RECIPES=(
   # Today's default (mnas 0.1 search) on the engine: 2,000 images, 1 epoch, width 1, deployed stem
   # (last maps 1x1), cosine with half the steps warming up, no smoothing, 500 held-out images.
@@ -39,6 +41,12 @@ declare -A RECIPES=(
   [r20-lr0.2]="${NEW/--proxy-lr 0.05/--proxy-lr 0.2} --proxy-images 7000 --proxy-epochs 1"
   [r20-lr0.025]="${NEW/--proxy-lr 0.05/--proxy-lr 0.025} --proxy-images 7000 --proxy-epochs 1"
   [r20-lr0.0125]="${NEW/--proxy-lr 0.05/--proxy-lr 0.0125} --proxy-images 7000 --proxy-epochs 1"
+  # Variations of the default (r20-lr0.025), one knob each.
+  [r20-lr0.025-noaug]="$DEF --proxy-images 7000 --proxy-epochs 1 --proxy-no-augment"
+  [r20-lr0.025-ls0]="${DEF/--proxy-label-smoothing 0.1/--proxy-label-smoothing 0} --proxy-images 7000 --proxy-epochs 1"
+  [r20-lr0.025-9k]="$DEF --proxy-images 9000 --proxy-epochs 1"
+  [r20-b16]="${NEW/--proxy-batch-size 32 --proxy-lr 0.05/--proxy-batch-size 16 --proxy-lr 0.0125} --proxy-images 7000 --proxy-epochs 1"
+  [r20-lr0.025-w25]="${DEF/--proxy-width 0.5/--proxy-width 0.25} --proxy-images 12000 --proxy-epochs 1"
   [r60]="$NEW --proxy-images 20000 --proxy-epochs 1"
   [r180]="$NEW --proxy-images 45000 --proxy-epochs 1.33"
 )

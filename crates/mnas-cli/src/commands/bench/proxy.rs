@@ -87,7 +87,7 @@ pub struct BenchProxyArgs {
     #[arg(long)]
     pub reference: PathBuf,
     /// Proxy runs per architecture, with seeds --proxy-seed, +1, ...
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub seeds: usize,
     /// Where proxy runs are cached, one file per recipe.
     #[arg(long, default_value = "runs/bench-proxy")]
