@@ -87,7 +87,7 @@ pub struct BenchProxyArgs {
     #[arg(long)]
     pub reference: PathBuf,
     /// Proxy runs per architecture, with seeds --proxy-seed, +1, ...
-    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 2)]
     pub seeds: usize,
     /// Where proxy runs are cached, one file per recipe.
     #[arg(long, default_value = "runs/bench-proxy")]
@@ -199,6 +199,9 @@ fn fmt_ci(v: Option<[f64; 2]>) -> String {
 }
 
 pub fn run_proxy(args: BenchProxyArgs) -> Result<()> {
+    if args.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
     threads(args.threads)?;
     let reference = Reference::read(&args.reference).context("the proxy benchmark's reference")?;
     // The reference's data and split unless told otherwise; the proxy recipe's defaults otherwise.
