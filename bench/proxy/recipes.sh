@@ -49,8 +49,11 @@ declare -A RECIPES=(
   [r20-lr0.025-w25]="${DEF/--proxy-width 0.5/--proxy-width 0.25} --proxy-images 12000 --proxy-epochs 1"
   [r60]="$NEW --proxy-images 20000 --proxy-epochs 1"
   [r180]="$NEW --proxy-images 45000 --proxy-epochs 1.33"
+  # The default recipe with 3x and 9x the images: the budgets for users with more cores.
+  [r60-lr0.025]="$DEF --proxy-images 20000 --proxy-epochs 1"
+  [r180-lr0.025]="$DEF --proxy-images 45000 --proxy-epochs 1.33"
 )
-ORDER=(r20-lr0.025 r20 old-default r10 r20-10k r20-lr0.1 r20-lr0.0125 r20-lr0.2 r20-w25 r20-2ep r60 r180)
+ORDER=(r20-lr0.025 r20 old-default r10 r20-10k r20-lr0.1 r20-lr0.0125 r20-lr0.025-noaug r20-lr0.025-ls0 r20-lr0.025-9k r20-b16 r20-lr0.025-w25 r20-lr0.2 r20-w25 r20-2ep r60-lr0.025 r180-lr0.025 r60 r180)
 [[ $# -gt 0 ]] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do
