@@ -84,7 +84,12 @@ pub struct ProxyArgs {
     /// the deployed stem (1x1 maps there).
     #[arg(long)]
     pub proxy_stem_stride: Option<usize>,
-    /// Turn off pad-crop/flip augmentation.
+    /// Train with pad-crop/flip augmentation (off in the default proxy: one pass ranks better
+    /// without it; longer budgets may want it).
+    #[arg(long, conflicts_with = "proxy_no_augment")]
+    pub proxy_augment: bool,
+    /// Train without augmentation (the default proxy's setting; kept for recipes that start from
+    /// an augmented base).
     #[arg(long)]
     pub proxy_no_augment: bool,
     /// Seed of every proxy run: initial weights, data order, augmentation.
@@ -126,6 +131,9 @@ impl ProxyArgs {
                 DecayArg::Linear => Decay::Linear,
             };
         }
+        if self.proxy_augment {
+            s.augment = true;
+        }
         if self.proxy_no_augment {
             s.augment = false;
         }
@@ -145,7 +153,7 @@ impl ProxyArgs {
 pub fn describe(s: &ProxySettings) -> String {
     format!(
         "{} images x {} epoch(s), held-out {}, batch {}, {:?} lr {} ({:?}, warm-up {:.0} %), wd {}, smoothing {}, \
-         width x{}, stem stride {}, seed {}, score {}",
+         {}, width x{}, stem stride {}, seed {}, score {}",
         if s.images == 0 { "all".to_string() } else { s.images.to_string() },
         s.epochs,
         if s.val_images == 0 { "all".to_string() } else { s.val_images.to_string() },
@@ -156,9 +164,38 @@ pub fn describe(s: &ProxySettings) -> String {
         100.0 * s.warmup,
         s.weight_decay,
         s.label_smoothing,
+        if s.augment { "pad-crop + flip" } else { "no augmentation" },
         s.width,
         s.stem_stride,
         s.seed,
         s.score.name()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    fn applied(args: &[&str]) -> Result<ProxySettings, clap::Error> {
+        let cli = Cli::try_parse_from([&["mnas"][..], args].concat())?;
+        Ok(cli.proxy.apply(&ProxySettings::default()))
+    }
+
+    #[test]
+    fn augmentation_is_off_by_default_and_either_flag_sets_it() {
+        assert!(!applied(&[]).unwrap().augment);
+        assert!(applied(&["--proxy-augment"]).unwrap().augment);
+        let base = ProxySettings { augment: true, ..ProxySettings::default() };
+        let cli = Cli::try_parse_from(["mnas", "--proxy-no-augment"]).unwrap();
+        assert!(!cli.proxy.apply(&base).augment);
+        assert!(applied(&["--proxy-augment", "--proxy-no-augment"]).is_err());
+        assert!(describe(&applied(&["--proxy-augment"]).unwrap()).contains("pad-crop + flip"));
+    }
 }
