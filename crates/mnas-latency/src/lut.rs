@@ -124,8 +124,25 @@ impl OverheadFit {
         Ok(OverheadFit { a, b_ms, rmse_ms, seed, runs, points })
     }
 
+    /// The predicted end-to-end latency: the line inside and above the fit archs' layer sums.
+    /// Below the smallest, a negative intercept would extrapolate to a tiny or negative latency
+    /// (a noisy fit on small models did), so there the prediction scales in proportion to the
+    /// layer sum from the line's value at that smallest sum.
     pub fn apply(&self, layer_sum_ms: f64) -> f64 {
-        self.a * layer_sum_ms + self.b_ms
+        let linear = |x: f64| self.a * x + self.b_ms;
+        let smallest = self
+            .points
+            .iter()
+            .filter(|p| p.layer_sum_ms > 0.0)
+            .min_by(|p, q| p.layer_sum_ms.total_cmp(&q.layer_sum_ms));
+        match smallest {
+            Some(p) if layer_sum_ms < p.layer_sum_ms => {
+                let at = linear(p.layer_sum_ms);
+                let ratio = if at > 0.0 { at / p.layer_sum_ms } else { p.measured_ms / p.layer_sum_ms };
+                ratio * layer_sum_ms
+            }
+            _ => linear(layer_sum_ms),
+        }
     }
 }
 
@@ -437,6 +454,18 @@ impl Accuracy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fit whose intercept is negative (layers timed alone slower than inside the network)
+    /// stays positive below its points: there it scales from the line at the smallest point.
+    #[test]
+    fn below_its_points_the_fit_scales_in_proportion() {
+        let point =
+            |sum: f64, measured: f64| FitPoint { arch: String::new(), layer_sum_ms: sum, measured_ms: measured };
+        let fit = OverheadFit::least_squares(vec![point(1.0, 0.5), point(2.0, 1.6), point(3.0, 2.7)], 0, 1).unwrap();
+        assert!(fit.b_ms < 0.0 && fit.a * 0.2 + fit.b_ms < 0.0, "{fit:?}");
+        assert!((fit.apply(0.2) - 0.5 * 0.2).abs() < 1e-12, "the line gives 0.5 at sum 1: ratio 0.5");
+        assert!((fit.apply(2.5) - (fit.a * 2.5 + fit.b_ms)).abs() < 1e-12, "inside the points: the line");
+    }
 
     #[test]
     fn least_squares_recovers_a_line() {
