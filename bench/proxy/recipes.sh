@@ -25,6 +25,8 @@ NEW="--proxy-width 0.5 --proxy-stem-stride 1 --proxy-batch-size 32 --proxy-lr 0.
 --proxy-decay linear --proxy-weight-decay 5e-5 --proxy-label-smoothing 0.1 --proxy-val-images 2000 --proxy-augment"
 # NEW at lr 0.025 (with augmentation): the base of the one-knob variations below.
 DEF="${NEW/--proxy-lr 0.05/--proxy-lr 0.025}"
+# The search's default: DEF without augmentation.
+NOAUG="${DEF/--proxy-augment/--proxy-no-augment}"
 declare -A RECIPES=(
   # Today's default (mnas 0.1 search) on the engine: 2,000 images, 1 epoch, width 1, deployed stem
   # (last maps 1x1), cosine with half the steps warming up, no smoothing, 500 held-out images.
@@ -43,19 +45,24 @@ declare -A RECIPES=(
   [r20-lr0.025]="${NEW/--proxy-lr 0.05/--proxy-lr 0.025} --proxy-images 7000 --proxy-epochs 1"
   [r20-lr0.0125]="${NEW/--proxy-lr 0.05/--proxy-lr 0.0125} --proxy-images 7000 --proxy-epochs 1"
   # Variations of the default (r20-lr0.025), one knob each.
-  [r20-lr0.025-noaug]="${DEF/--proxy-augment/--proxy-no-augment} --proxy-images 7000 --proxy-epochs 1"
-  [r20-lr0.025-noaug-9k]="${DEF/--proxy-augment/--proxy-no-augment} --proxy-images 9000 --proxy-epochs 1"
+  [r20-lr0.025-noaug]="$NOAUG --proxy-images 7000 --proxy-epochs 1"
+  [r20-lr0.025-noaug-9k]="$NOAUG --proxy-images 9000 --proxy-epochs 1"
   [r20-lr0.025-ls0]="${DEF/--proxy-label-smoothing 0.1/--proxy-label-smoothing 0} --proxy-images 7000 --proxy-epochs 1"
   [r20-lr0.025-9k]="$DEF --proxy-images 9000 --proxy-epochs 1"
   [r20-b16]="${NEW/--proxy-batch-size 32 --proxy-lr 0.05/--proxy-batch-size 16 --proxy-lr 0.0125} --proxy-images 7000 --proxy-epochs 1"
   [r20-lr0.025-w25]="${DEF/--proxy-width 0.5/--proxy-width 0.25} --proxy-images 12000 --proxy-epochs 1"
+  # Variations of the search's default (r20-lr0.025-noaug), one knob each.
+  [noaug-ls0]="${NOAUG/--proxy-label-smoothing 0.1/--proxy-label-smoothing 0} --proxy-images 7000 --proxy-epochs 1"
+  [noaug-val5k]="${NOAUG/--proxy-val-images 2000/--proxy-val-images 5000} --proxy-images 7000 --proxy-epochs 1"
+  [noaug-b16]="${NOAUG/--proxy-batch-size 32 --proxy-lr 0.025/--proxy-batch-size 16 --proxy-lr 0.0125} --proxy-images 7000 --proxy-epochs 1"
+  [noaug-w25]="${NOAUG/--proxy-width 0.5/--proxy-width 0.25} --proxy-images 12000 --proxy-epochs 1"
   [r60]="$NEW --proxy-images 20000 --proxy-epochs 1"
   [r180]="$NEW --proxy-images 45000 --proxy-epochs 1.33"
   # The default recipe with 3x and 9x the images: the budgets for users with more cores.
   [r60-lr0.025]="$DEF --proxy-images 20000 --proxy-epochs 1"
   [r180-lr0.025]="$DEF --proxy-images 45000 --proxy-epochs 1.33"
 )
-ORDER=(r20-lr0.025 r20 old-default r10 r20-10k r20-lr0.1 r20-lr0.0125 r20-lr0.025-noaug r20-lr0.025-noaug-9k r20-lr0.025-ls0 r20-lr0.025-9k r20-b16 r20-lr0.025-w25 r20-lr0.2 r20-w25 r20-2ep r60-lr0.025 r180-lr0.025 r60 r180)
+ORDER=(r20-lr0.025-noaug noaug-ls0 noaug-val5k noaug-b16 noaug-w25 r20-lr0.025 r20 old-default r10 r20-10k r20-lr0.1 r20-lr0.0125 r20-lr0.025-noaug-9k r20-lr0.025-ls0 r20-lr0.025-9k r20-b16 r20-lr0.025-w25 r20-lr0.2 r20-w25 r20-2ep r60-lr0.025 r180-lr0.025 r60 r180)
 [[ $# -gt 0 ]] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do

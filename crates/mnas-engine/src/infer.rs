@@ -17,7 +17,8 @@ use crate::kernels::depthwise::{self, Dw};
 use crate::kernels::fused;
 use crate::kernels::pointwise::PackedPointwise;
 use crate::kernels::pool;
-use crate::mat::{par_gemm, par_gemm_reduce, View};
+use crate::kernels::se::{self, SeWeights};
+use crate::mat::{par_gemm, View};
 use crate::net::{units_of, ConvKind, LayerUnits, Net, NetOptions, SeUnit, Shortcut, Unit};
 use crate::params::{Params, ParamsBuilder};
 use crate::simd::add_to;
@@ -267,16 +268,8 @@ fn squeeze_excite(se: &FoldedSe, img: &mut [f32], hw: usize, act: Act) {
         add_to(&mut pooled, sum);
     }
     pooled.iter_mut().for_each(|v| *v /= hw as f32);
-    let mut hidden = se.b1.clone();
-    for (ch, &v) in pooled.iter().enumerate() {
-        crate::simd::axpy(&mut hidden, &se.w1[ch * se.r..(ch + 1) * se.r], v);
-    }
-    hidden.iter_mut().for_each(|v| *v = act.apply(*v));
-    let mut gate = se.b2.clone();
-    for (j, &h) in hidden.iter().enumerate() {
-        crate::simd::axpy(&mut gate, &se.w2[j * se.c..(j + 1) * se.c], h);
-    }
-    gate.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+    let weights = SeWeights { w1: &se.w1, b1: &se.b1, w2: &se.w2, b2: &se.b2, c, r: se.r, act };
+    let (_, gate) = se::excite(&pooled, &weights);
     img.par_chunks_mut(chunk).for_each(|part| {
         for px in part.chunks_exact_mut(c) {
             crate::simd::mul_in_place(px, &gate);
@@ -469,13 +462,7 @@ impl Folded {
             let mut logits: Vec<f32> = (0..n).flat_map(|_| self.classifier_b.iter().copied()).collect();
             let wt = View::rows(&self.classifier_w, self.head_c, self.classes);
             let features = View::rows(&features, n, self.head_c);
-            // A few images leave par_gemm one block of rows (one thread): split the weights'
-            // rows instead, so that each thread reads its part of the (megabytes of) weights.
-            if n < 32 {
-                par_gemm_reduce(&mut logits, features, wt, true);
-            } else {
-                par_gemm(&mut logits, features, wt, true);
-            }
+            par_gemm(&mut logits, features, wt, true);
             logits
         });
         after(self.layers.len() + 2);

@@ -85,8 +85,16 @@ fn row_chunk(m: usize, threads: usize) -> usize {
     m.div_ceil(threads * 3).max(16)
 }
 
-/// [`gemm`] with the rows of `lhs` and `dst` split across the rayon pool.
+/// Fewer rows than this are not split across threads.
+const MIN_SPLIT_ROWS: usize = 32;
+
+/// [`gemm`] with the rows of `lhs` and `dst` split across the rayon pool, or, with too few rows
+/// to split (a classifier at batch 1), its reduction: then each thread reads its part of the
+/// (megabytes of) weights instead of one thread reading them all.
 pub fn par_gemm(dst: &mut [f32], lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
+    if lhs.rows < MIN_SPLIT_ROWS {
+        return par_gemm_reduce(dst, lhs, rhs, accumulate);
+    }
     par_gemm_then(dst, lhs, rhs, accumulate, |_| {})
 }
 
@@ -105,7 +113,7 @@ pub fn par_gemm_then(
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(dst.len(), m * n, "gemm destination size");
     let threads = rayon::current_num_threads();
-    if threads == 1 || m * n * k < PARALLEL_MACS || m < 32 {
+    if threads == 1 || m * n * k < PARALLEL_MACS || m < MIN_SPLIT_ROWS {
         for (i, out) in dst.chunks_mut(EPILOGUE_ROWS * n.max(1)).enumerate() {
             let lo = i * EPILOGUE_ROWS;
             gemm(out, lhs.row_range(lo, lo + out.len() / n.max(1)), rhs, accumulate);

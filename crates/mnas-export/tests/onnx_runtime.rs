@@ -200,7 +200,8 @@ fn onnx_runtime_matches_mnas() {
 
         let opts = ExportOptions { batch: case.batch, resolution: None };
         let onnx = format!("{}.onnx", case.name);
-        let bytes = write_onnx(&model, &opts, &dir.join(&onnx)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let bytes = write_onnx(&model, &opts, &dir.join(&onnx))
+            .unwrap_or_else(|e| panic!("{}: {e}: {:?}", case.name, std::error::Error::source(&e)));
         write_f32(&dir.join(format!("{}.input.f32", case.name)), &common::to_vec(x));
         write_f32(&dir.join(format!("{}.logits.f32", case.name)), &logits);
         manifest.push(json!({

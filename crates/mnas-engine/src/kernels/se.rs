@@ -37,13 +37,9 @@ fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
 }
 
-/// Pooled vector, hidden units and gate of one image.
-fn gate_of(img: &[f32], hw: usize, p: &SeWeights<'_>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut pooled = vec![0f32; p.c];
-    for px in img.chunks_exact(p.c) {
-        crate::simd::add_to(&mut pooled, px);
-    }
-    pooled.iter_mut().for_each(|v| *v /= hw as f32);
+/// Hidden units and gate from an image's pooled (mean) vector: the part of an SE that training
+/// and inference share.
+pub fn excite(pooled: &[f32], p: &SeWeights<'_>) -> (Vec<f32>, Vec<f32>) {
     let mut hidden = p.b1.to_vec();
     for (ch, &v) in pooled.iter().enumerate() {
         axpy(&mut hidden, &p.w1[ch * p.r..(ch + 1) * p.r], v);
@@ -53,7 +49,18 @@ fn gate_of(img: &[f32], hw: usize, p: &SeWeights<'_>) -> (Vec<f32>, Vec<f32>, Ve
     for (j, &h) in hidden.iter().enumerate() {
         axpy(&mut s, &p.w2[j * p.c..(j + 1) * p.c], h);
     }
-    (pooled, hidden, s.into_iter().map(sigmoid).collect())
+    (hidden, s.into_iter().map(sigmoid).collect())
+}
+
+/// Pooled vector, hidden units and gate of one image.
+fn gate_of(img: &[f32], hw: usize, p: &SeWeights<'_>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut pooled = vec![0f32; p.c];
+    for px in img.chunks_exact(p.c) {
+        crate::simd::add_to(&mut pooled, px);
+    }
+    pooled.iter_mut().for_each(|v| *v /= hw as f32);
+    let (hidden, gate) = excite(&pooled, p);
+    (pooled, hidden, gate)
 }
 
 simd_fn! {
