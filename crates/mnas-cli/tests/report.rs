@@ -55,6 +55,7 @@ fn trials(seed: u64, steps: u64, per_step: u64) -> Vec<Trial> {
                 params: c.params,
                 macs: c.macs,
                 accuracy: (!failed).then_some(accuracy),
+                quality: None,
                 latency_ms: (!failed).then_some(latency),
                 fingerprint: Some(serde_json::json!({"test": "rows from cost counts"})),
                 reward: if failed { 0.0 } else { reward.of(accuracy, latency) },

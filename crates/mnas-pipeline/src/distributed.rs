@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use mnas_broker::{append, range, read_after, Broker, Entry, Queue};
-use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult, TrialKey};
+use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult, Scored, TrialKey};
 use mnas_space::Arch;
 
 use crate::error::{PipelineError, Result};
@@ -102,6 +102,8 @@ pub enum Outcome {
     Started,
     Ok {
         accuracy: f64,
+        /// What the reward multiplies (see `Score::quality`).
+        quality: f64,
         seconds: f64,
     },
     /// The model failed by itself (diverged, or workers died on it again and again).
@@ -128,9 +130,10 @@ impl Report {
         ];
         match &self.outcome {
             Outcome::Started => f.push(("status", "started".into())),
-            Outcome::Ok { accuracy, seconds } => {
+            Outcome::Ok { accuracy, quality, seconds } => {
                 f.push(("status", "ok".into()));
                 f.push(("accuracy", format!("{accuracy:.9}")));
+                f.push(("quality", format!("{quality:.9}")));
                 f.push(("seconds", format!("{seconds:.3}")));
             }
             Outcome::Failed(r) => {
@@ -155,7 +158,13 @@ impl Report {
         let outcome = match e.get("status")? {
             "started" => Outcome::Started,
             "ok" => {
-                Outcome::Ok { accuracy: e.get("accuracy")?.parse().ok()?, seconds: e.get("seconds")?.parse().ok()? }
+                let accuracy = e.get("accuracy")?.parse().ok()?;
+                // Reports of workers from before loss scores carry accuracy alone.
+                let quality = match e.get("quality") {
+                    Some(q) => q.parse().ok()?,
+                    None => accuracy,
+                };
+                Outcome::Ok { accuracy, quality, seconds: e.get("seconds")?.parse().ok()? }
             }
             "failed" => Outcome::Failed(reason()),
             "refused" => Outcome::Refused(reason()),
@@ -233,7 +242,7 @@ impl BrokerTrainer {
     fn outcome_to_result(o: Outcome) -> Option<AccuracyResult> {
         match o {
             Outcome::Started => None,
-            Outcome::Ok { accuracy, .. } => Some(AccuracyResult::Ok(accuracy)),
+            Outcome::Ok { accuracy, quality, .. } => Some(AccuracyResult::Ok(Scored { accuracy, quality })),
             Outcome::Failed(r) => Some(AccuracyResult::Failed(r)),
             Outcome::Refused(r) => Some(AccuracyResult::Unavailable(format!("refused: {r}"))),
         }
@@ -358,5 +367,37 @@ impl AccuracyEvaluator for BrokerTrainer {
 impl From<mnas_broker::BrokerError> for PipelineError {
     fn from(e: mnas_broker::BrokerError) -> Self {
         PipelineError::Broker(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&'static str, String)]) -> Entry {
+        Entry {
+            id: "1-0".into(),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            deliveries: 1,
+        }
+    }
+
+    #[test]
+    fn a_report_carries_accuracy_and_quality_and_reads_old_reports() {
+        let key = TrialKey { step: 3, index: 1, attempt: 0 };
+        let report =
+            Report { key, worker: "w1".into(), outcome: Outcome::Ok { accuracy: 0.25, quality: 0.17, seconds: 9.5 } };
+        assert_eq!(Report::parse(&entry(&report.fields())), Some(report.clone()));
+        // A worker from before loss scores sends accuracy alone: its quality is the accuracy.
+        let old: Vec<_> = report.fields().into_iter().filter(|(k, _)| *k != "quality").collect();
+        let parsed = Report::parse(&entry(&old)).expect("an old report parses");
+        assert_eq!(parsed.outcome, Outcome::Ok { accuracy: 0.25, quality: 0.25, seconds: 9.5 });
+        // A quality that is not a number is not a report.
+        let bad: Vec<_> = report
+            .fields()
+            .into_iter()
+            .map(|(k, v)| if k == "quality" { (k, "high".into()) } else { (k, v) })
+            .collect();
+        assert_eq!(Report::parse(&entry(&bad)), None);
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use mnas_data::{DataSpec, Source, Splits};
 use mnas_engine::train::{train, Decay, Optimizer, Progress, RunResult, RunStatus, SgdRecipe};
 use mnas_engine::{Net, NetOptions};
-use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult, TrialKey};
+use mnas_search::search_loop::{AccuracyEvaluator, AccuracyResult, Scored, TrialKey};
 use mnas_space::arch::conv_out;
 use mnas_space::Arch;
 use rand::seq::SliceRandom;
@@ -43,6 +43,22 @@ impl Score {
             Score::Tse => -r.train_loss,
             Score::TseLate => -r.train_loss_late,
         }
+    }
+
+    /// The score as the quality a search's reward multiplies, in [0, 1]: accuracy itself, or
+    /// exp(-loss). For a cross-entropy that is the geometric mean of the probability given to the
+    /// right class: 0.1 at chance on 10 classes, as accuracy is, so the latency term keeps its
+    /// weight against it. Monotone in [`Score::of`], so it ranks models the same.
+    pub fn quality(self, r: &RunResult) -> f64 {
+        match self {
+            Score::Accuracy => r.val_top1,
+            _ => self.of(r).exp(),
+        }
+    }
+
+    /// A finished run as the search sees it: its accuracy and the quality the reward multiplies.
+    pub fn scored(self, r: &RunResult) -> Scored {
+        Scored { accuracy: r.val_top1, quality: self.quality(r) }
     }
 
     pub fn name(self) -> &'static str {
@@ -263,10 +279,47 @@ impl AccuracyEvaluator for ProxyTrainer {
     fn accuracy(&self, _key: TrialKey, arch: &Arch) -> AccuracyResult {
         match self.run(arch, &mut |_| true) {
             Ok(r) => match r.status {
-                RunStatus::Completed => AccuracyResult::Ok(r.val_top1),
+                RunStatus::Completed => AccuracyResult::Ok(self.settings.score.scored(&r)),
                 RunStatus::Diverged { reason } => AccuracyResult::Failed(reason),
             },
             Err(e) => AccuracyResult::Failed(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(val_top1: f64, val_loss: f64) -> RunResult {
+        RunResult {
+            status: RunStatus::Completed,
+            steps: 10,
+            train_loss: 2.0,
+            train_loss_late: 1.5,
+            val_top1,
+            val_loss,
+            seconds: 1.0,
+            images_per_sec: 100.0,
+        }
+    }
+
+    #[test]
+    fn a_loss_score_maps_into_the_accuracy_scale_and_ranks_as_the_loss() {
+        // At chance on 10 classes the cross-entropy is ln 10: quality 0.1, as accuracy would be.
+        let chance = run(0.1, 10f64.ln());
+        assert!((Score::ValLoss.quality(&chance) - 0.1).abs() < 1e-12);
+        let (good, bad) = (run(0.30, 1.6), run(0.35, 1.9));
+        // Ranked by loss, not accuracy: the lower loss wins though its accuracy is lower.
+        assert!(Score::ValLoss.quality(&good) > Score::ValLoss.quality(&bad));
+        assert!(Score::Accuracy.quality(&good) < Score::Accuracy.quality(&bad));
+        assert!((Score::TseLate.quality(&good) - (-1.5f64).exp()).abs() < 1e-12);
+        assert!((Score::Tse.quality(&good) - (-2.0f64).exp()).abs() < 1e-12);
+        for score in Score::ALL {
+            let s = score.scored(&good);
+            assert_eq!(s.accuracy, 0.30, "{}: the trial keeps its accuracy", score.name());
+            assert!(s.quality > 0.0 && s.quality <= 1.0, "{}: {}", score.name(), s.quality);
+        }
+        assert_eq!(Score::Accuracy.scored(&good), Scored::by_accuracy(0.30));
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::distributed::BrokerTrainer;
 use crate::error::{PipelineError, Result};
 use crate::latency::{LatencyAccess, LatencySpec, SearchLatency};
-use crate::proxy::{ProxySettings, ProxyTrainer, Score};
+use crate::proxy::{ProxySettings, ProxyTrainer};
 
 /// The whole stored configuration of a search run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,13 +160,6 @@ impl PreparedRun {
             return Err(PipelineError::Run(format!("{} already holds a search", dir.display())));
         }
         let proxy = (req.proxy)(&default_proxy());
-        if proxy.score != Score::Accuracy {
-            return Err(PipelineError::Proxy(format!(
-                "the reward multiplies held-out accuracy, so a search scores with accuracy; the {} score is \
-                 judged by the proxy benchmark only",
-                proxy.score.name()
-            )));
-        }
         let spec = req.latency.clone().unwrap_or_default();
         let latency = SearchLatency(spec.open(&req.access)?);
         let deploy_resolution = req.deploy_resolution.unwrap_or(DEFAULT_RESOLUTION);

@@ -260,7 +260,10 @@ fn train_with_heartbeat(
     let seconds = started.elapsed().as_secs_f64();
     Ok(match result {
         Ok(Ok(r)) => match r.status {
-            RunStatus::Completed => Outcome::Ok { accuracy: r.val_top1, seconds },
+            RunStatus::Completed => {
+                let scored = trainer.settings.score.scored(&r);
+                Outcome::Ok { accuracy: scored.accuracy, quality: scored.quality, seconds }
+            }
             RunStatus::Diverged { reason } => Outcome::Failed(reason),
         },
         Ok(Err(e)) => Outcome::Failed(e.to_string()),

@@ -49,6 +49,7 @@ mod tests {
             params: 0,
             macs: 0,
             accuracy: Some(accuracy),
+            quality: None,
             latency_ms: Some(latency),
             fingerprint: None,
             reward: accuracy,

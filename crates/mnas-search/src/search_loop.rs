@@ -19,11 +19,28 @@ use crate::store::RunStore;
 use crate::strategy::Strategy;
 use crate::trial::{Trial, TrialStatus};
 
+/// A trained model's held-out top-1 and the quality its reward multiplies: the accuracy itself,
+/// or a proxy loss mapped into (0, 1] when the proxy scores by loss (a loss can rank models better
+/// than accuracy at some budgets; see mnas-pipeline's `Score`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Held-out top-1 in [0, 1].
+    pub accuracy: f64,
+    /// In [0, 1], higher is better.
+    pub quality: f64,
+}
+
+impl Scored {
+    /// Scored by accuracy alone.
+    pub fn by_accuracy(accuracy: f64) -> Scored {
+        Scored { accuracy, quality: accuracy }
+    }
+}
+
 /// What the proxy training of one model gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccuracyResult {
-    /// Held-out top-1 in [0, 1].
-    Ok(f64),
+    Ok(Scored),
     /// The model itself failed (diverged, NaN/inf loss, failed to build): a failed trial with the
     /// worst reward, which the strategy learns from.
     Failed(String),
@@ -437,6 +454,7 @@ impl Search<'_> {
             params: counts.params,
             macs: counts.macs,
             accuracy: None,
+            quality: None,
             latency_ms: None,
             fingerprint: None,
             reward: FAILED_REWARD,
@@ -450,7 +468,10 @@ impl Search<'_> {
         let mut reasons = Vec::new();
         let mut unavailable = false;
         match accuracy {
-            AccuracyResult::Ok(a) => trial.accuracy = Some(a),
+            AccuracyResult::Ok(s) => {
+                trial.accuracy = Some(s.accuracy);
+                trial.quality = Some(s.quality);
+            }
             AccuracyResult::Failed(r) => reasons.push(format!("training: {r}")),
             AccuracyResult::Unavailable(r) => {
                 unavailable = true;
@@ -468,8 +489,8 @@ impl Search<'_> {
                 reasons.push(format!("latency unavailable: {r}"));
             }
         }
-        if let (Some(a), Some(l)) = (trial.accuracy, trial.latency_ms) {
-            trial.reward = self.reward.of(a, l);
+        if let (Some(q), Some(l)) = (trial.quality(), trial.latency_ms) {
+            trial.reward = self.reward.of(q, l);
             trial.status = TrialStatus::Ok;
         } else {
             // A model that failed by itself is a failed trial even if the infrastructure also

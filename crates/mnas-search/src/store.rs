@@ -135,6 +135,9 @@ fn check_trial(t: &Trial, db: &Path) -> Result<()> {
     if !t.reward.is_finite() {
         return Err(store_error(db, format!("{at}: reward is {}; store failed trials with FAILED_REWARD", t.reward)));
     }
+    if let Some(q) = t.quality.filter(|q| !q.is_finite()) {
+        return Err(store_error(db, format!("{at}: quality is {q}")));
+    }
     for (name, v) in [("accuracy", t.accuracy), ("latency_ms", t.latency_ms)] {
         match v {
             Some(x) if !x.is_finite() => return Err(store_error(db, format!("{at}: {name} is {x}"))),

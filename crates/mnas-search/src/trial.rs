@@ -42,6 +42,10 @@ pub struct Trial {
     pub macs: u64,
     /// Held-out top-1 after the proxy training, in [0, 1].
     pub accuracy: Option<f64>,
+    /// What the reward multiplies when the proxy scores by something other than accuracy (see
+    /// [`crate::search_loop::Scored`]); absent in trials stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
     /// Median latency at the deployment resolution, batch 1.
     pub latency_ms: Option<f64>,
     /// The device fingerprint of the latency (JSON), so results from different devices never mix.
@@ -55,6 +59,13 @@ pub struct Trial {
     pub reused: bool,
     /// RFC 3339 UTC.
     pub finished_at: String,
+}
+
+impl Trial {
+    /// What the reward multiplied: the stored quality, or the accuracy for trials scored by it.
+    pub fn quality(&self) -> Option<f64> {
+        self.quality.or(self.accuracy)
+    }
 }
 
 /// Mean reward over the last quarter of `trials` (in search order): the figure that says whether a
@@ -131,6 +142,7 @@ mod tests {
             params: 0,
             macs: 0,
             accuracy: None,
+            quality: None,
             latency_ms: None,
             fingerprint: None,
             reward,

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use mnas_search::search_loop::{
-    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search, TrialKey,
+    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Scored, Search,
+    TrialKey,
 };
 use mnas_search::store::RunStore;
 use mnas_search::strategies::{build, StrategyConfig};
@@ -64,7 +65,7 @@ impl AccuracyEvaluator for Flaky {
         if arch.blocks[2].kernel == 5 {
             return AccuracyResult::Failed("loss became NaN (simulated)".into());
         }
-        AccuracyResult::Ok(0.5)
+        AccuracyResult::Ok(Scored::by_accuracy(0.5))
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use mnas_search::search_loop::{
-    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Search, TrialKey,
+    AccuracyEvaluator, AccuracyResult, LatencyEvaluator, LatencyResult, LoopConfig, NoObserver, Scored, Search,
+    TrialKey,
 };
 use mnas_search::store::RunStore;
 use mnas_search::strategies::{build, StrategyConfig};
@@ -32,7 +33,7 @@ impl AccuracyEvaluator for CountingAccuracy {
         if arch.blocks[0].kernel == 5 && arch.blocks[1].kernel == 5 && arch.blocks[2].kernel == 5 {
             return AccuracyResult::Failed("loss became NaN (simulated)".into());
         }
-        AccuracyResult::Ok(1.0 - (-macs / 3e8).exp())
+        AccuracyResult::Ok(Scored::by_accuracy(1.0 - (-macs / 3e8).exp()))
     }
 }
 

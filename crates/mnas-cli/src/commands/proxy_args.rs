@@ -95,8 +95,9 @@ pub struct ProxyArgs {
     /// Seed of every proxy run: initial weights, data order, augmentation.
     #[arg(long)]
     pub proxy_seed: Option<u64>,
-    /// What the proxy reports as a model's quality (`mnas search` needs accuracy: its reward
-    /// multiplies it; `mnas bench proxy` reports every score and marks this one).
+    /// What the proxy reports as a model's quality. A search's reward multiplies held-out accuracy,
+    /// or exp(-loss) for a loss score (the geometric-mean probability of the right class: 0.1 at
+    /// chance on 10 classes, like accuracy); `mnas bench proxy` reports every score and marks this one.
     #[arg(long, value_enum)]
     pub proxy_score: Option<ScoreArg>,
 }

@@ -75,7 +75,7 @@ impl WorkerObserver for Lines {
 
     fn on_done(&mut self, spec: &TrialSpec, outcome: &Outcome) {
         let what = match outcome {
-            Outcome::Ok { accuracy, seconds } => format!("held-out {:.2} % in {seconds:.1} s", 100.0 * accuracy),
+            Outcome::Ok { accuracy, seconds, .. } => format!("held-out {:.2} % in {seconds:.1} s", 100.0 * accuracy),
             Outcome::Failed(r) => format!("failed: {r}"),
             Outcome::Refused(r) => format!("refused: {r}"),
             Outcome::Started => "started".into(),

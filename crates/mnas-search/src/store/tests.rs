@@ -38,6 +38,7 @@ pub(crate) fn trial(step: u64, index: u64, seed: u64) -> Trial {
         params: c.params,
         macs: c.macs,
         accuracy: Some(accuracy),
+        quality: None,
         latency_ms: Some(latency),
         fingerprint: Some(serde_json::json!({"cpu": "test"})),
         reward: accuracy * (latency / 10.0f64).powf(-0.07),

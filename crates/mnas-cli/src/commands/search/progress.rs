@@ -53,8 +53,12 @@ impl SearchProgress {
 fn describe(t: &Trial) -> String {
     match t.status {
         TrialStatus::Ok => format!(
-            "acc {:.1}%, {:.2} ms, reward {:.4}{}",
+            "acc {:.1}%{}, {:.2} ms, reward {:.4}{}",
             100.0 * t.accuracy.unwrap_or(0.0),
+            match (t.quality, t.accuracy) {
+                (Some(q), Some(a)) if q != a => format!(", quality {q:.4}"),
+                _ => String::new(),
+            },
             t.latency_ms.unwrap_or(0.0),
             t.reward,
             if t.reused { " (seen before)" } else { "" }
