@@ -253,6 +253,10 @@ fn summary(runs: &[ReportRun]) -> String {
             if let Some(d) = &r.meta.device {
                 parts.push(format!("latency on {}", esc(d)));
             }
+            // A loss-scored run's rewards do not follow from the accuracies shown: say so.
+            if r.trials.iter().any(|t| matches!((t.quality, t.accuracy), (Some(q), Some(a)) if q != a)) {
+                parts.push("scored by a proxy loss: the reward multiplies exp(-loss), not the accuracy shown".into());
+            }
             (!parts.is_empty()).then(|| format!("{}: {}", esc(&r.label), parts.join(", ")))
         })
         .collect();

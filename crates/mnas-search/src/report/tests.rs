@@ -156,3 +156,18 @@ fn meta_comes_from_the_store_with_config_fallbacks() {
     assert_eq!(m.steps_done, Some(1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_loss_scored_run_says_its_reward_is_not_accuracy_based() {
+    let plain = run("accuracy", 0..8, Some(12.5));
+    let note = "scored by a proxy loss";
+    assert!(!render_report(std::slice::from_ref(&plain)).contains(note));
+    let mut scored = plain.clone();
+    scored.label = "val-loss".into();
+    for t in &mut scored.trials {
+        t.quality = t.accuracy.map(|a| 0.6 * a);
+    }
+    let html = render_report(&[plain, scored]);
+    assert_eq!(count(&html, note), 1, "only the loss-scored run carries the note");
+    assert!(html.contains("val-loss: scored by a proxy loss"));
+}
