@@ -254,7 +254,7 @@ fn summary(runs: &[ReportRun]) -> String {
                 parts.push(format!("latency on {}", esc(d)));
             }
             // A loss-scored run's rewards do not follow from the accuracies shown: say so.
-            if r.trials.iter().any(|t| matches!((t.quality, t.accuracy), (Some(q), Some(a)) if q != a)) {
+            if r.trials.iter().any(Trial::scored_by_loss) {
                 parts.push("scored by a proxy loss: the reward multiplies exp(-loss), not the accuracy shown".into());
             }
             (!parts.is_empty()).then(|| format!("{}: {}", esc(&r.label), parts.join(", ")))

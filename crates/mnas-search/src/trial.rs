@@ -66,6 +66,11 @@ impl Trial {
     pub fn quality(&self) -> Option<f64> {
         self.quality.or(self.accuracy)
     }
+
+    /// Whether the reward multiplied something other than the accuracy shown (a proxy loss).
+    pub fn scored_by_loss(&self) -> bool {
+        matches!((self.quality, self.accuracy), (Some(q), Some(a)) if q != a)
+    }
 }
 
 /// Mean reward over the last quarter of `trials` (in search order): the figure that says whether a

@@ -55,8 +55,8 @@ fn describe(t: &Trial) -> String {
         TrialStatus::Ok => format!(
             "acc {:.1}%{}, {:.2} ms, reward {:.4}{}",
             100.0 * t.accuracy.unwrap_or(0.0),
-            match (t.quality, t.accuracy) {
-                (Some(q), Some(a)) if q != a => format!(", quality {q:.4}"),
+            match t.quality {
+                Some(q) if t.scored_by_loss() => format!(", quality {q:.4}"),
                 _ => String::new(),
             },
             t.latency_ms.unwrap_or(0.0),
