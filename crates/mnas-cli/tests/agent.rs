@@ -199,6 +199,13 @@ fn measures_through_an_agent_and_serves_the_second_request_from_the_store() {
     let text = mnas(&args[..args.len() - 1]);
     let out = String::from_utf8_lossy(&text.stdout);
     assert!(out.contains("(cached)") && out.contains(&format!("agent: {url}")) && out.contains("device: "), "{out}");
+
+    // A result whose spread stayed above the accepted one is measured again, never served.
+    let stored: mnas_latency::Measurement = serde_json::from_value(m.clone()).expect("a measurement");
+    let shaky = mnas_latency::Measurement { stable: false, ..stored };
+    mnas_latency::Store::open(&store).unwrap().put(&shaky).unwrap();
+    let third: serde_json::Value = serde_json::from_slice(&mnas(&args).stdout).expect("json");
+    assert_eq!(third["cached"], false, "{third}");
 }
 
 #[test]

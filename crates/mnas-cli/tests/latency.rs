@@ -86,6 +86,45 @@ fn no_store_and_per_layer_measure() {
     assert!(!scratch("xdg").join("mnas").exists());
 }
 
+/// A result the store holds from a slow spell (its pace 3x the pace now) is measured again, not
+/// served; `--max-slowdown inf` serves it whatever the pace.
+#[test]
+fn a_result_from_a_slow_spell_is_measured_again() {
+    let path = scratch("slow").join("latency.sqlite");
+    let store = path.to_str().expect("utf-8 temp path");
+    let first = quick(&["--store", store, "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
+    let m: mnas_latency::Measurement = serde_json::from_value(v["measurement"].clone()).expect("a measurement");
+    let pace = m.pace_ms.expect("a local measurement records its pace");
+    // As if it had been measured while the machine ran 3x slower: a slow time, a slow pace.
+    let slow = mnas_latency::Measurement {
+        stats: mnas_latency::Stats { median_ms: 999.0, ..m.stats },
+        pace_ms: Some(3.0 * pace),
+        ..m.clone()
+    };
+    mnas_latency::Store::open(&path).unwrap().put(&slow).unwrap();
+
+    let lenient = quick(&["--store", store, "--max-slowdown", "inf"]);
+    let out = stdout(&lenient);
+    assert!(out.contains("median 999.00 ms") && out.contains("(cached)"), "{out}");
+
+    // And the store has seen this machine run 3x faster than it runs now (another arch's pace):
+    // the new measurement says that it reads high.
+    let fast = mnas_latency::Measurement { arch: "seen-fast".into(), pace_ms: Some(pace / 3.0), ..m.clone() };
+    mnas_latency::Store::open(&path).unwrap().put(&fast).unwrap();
+
+    let again = quick(&["--store", store]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("slower than the fastest measurement in the latency store"), "{err}");
+    let out = stdout(&again);
+    assert!(!out.contains("(cached)") && out.contains("(stored)") && !out.contains("999.00"), "{out}");
+    assert!(out.contains("; pace "), "the runs line gives the pace: {out}");
+    let kept = mnas_latency::Store::open(&path).unwrap().get(&mnas_latency::Key::of(&m)).unwrap().expect("stored");
+    assert!(kept.stats.median_ms < 999.0 && kept.pace_ms.is_some_and(|p| p < 3.0 * pace), "{kept:?}");
+}
+
 #[test]
 fn bad_input_is_one_error_line_and_exit_2() {
     let dir = scratch("bad");
@@ -93,6 +132,7 @@ fn bad_input_is_one_error_line_and_exit_2() {
     let store = store.to_str().expect("utf-8 temp path");
     assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--runs", "0", "--store", store], "runs");
     assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--threads", "0", "--store", store], "threads");
+    assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--max-slowdown", "0", "--store", store], "max_slowdown");
     assert_clean_error(&["latency", "--arch", "mnasnet-a1", "--threads", "100000", "--store", store], "threads");
     assert_clean_error(&["latency", "--arch", "no-such-net", "--store", store], "unknown model");
     assert_clean_error(&["latency", "--arch", "ir_r1_k4_s1_e6_c16", "--store", store], "kernel");

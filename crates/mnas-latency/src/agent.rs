@@ -179,13 +179,15 @@ impl Shared {
             return (Response::Error { message: "wrong token".into() }, false);
         }
         match request {
-            Request::Ping { .. } => (Response::Pong { fingerprint: Fingerprint::current(1, Vec::new()) }, true),
+            Request::Ping { .. } => {
+                (Response::Pong { fingerprint: Box::new(Fingerprint::current(1, Vec::new())) }, true)
+            }
             Request::Measure { arch, options, .. } => {
                 tracing::info!(%peer, arch = %arch.canonical(), ?options, "measure request");
                 let response = match self.measure(&arch, &options) {
                     Ok(m) => {
                         tracing::info!(%peer, median_ms = m.stats.median_ms, "measured");
-                        Response::Measured(m)
+                        Response::Measured(Box::new(m))
                     }
                     Err(message) => {
                         tracing::warn!(%peer, "measurement refused or failed: {message}");

@@ -145,6 +145,7 @@ impl EngineCommand {
             fingerprint: self.fingerprint(opts.threads),
             measured_at: utc_now(),
             per_layer: None,
+            pace_ms: None,
         })
     }
 }

@@ -71,8 +71,9 @@ pub fn measure_cached_with(
 }
 
 /// [`measure_cached_with`] for a measurement on `engine` (its key names the engine and build).
-/// A stored measurement whose spread stayed above the accepted CV is measured again, never
-/// served.
+/// A stored measurement is measured again, never served, when its spread stayed above the
+/// accepted CV, or when it was taken while the machine ran slower than it runs now (its pace, see
+/// [`measure::PACE_REFERENCE`], more than `opts.max_slowdown` above the pace timed now).
 pub fn measure_cached_on(
     store: &Store,
     engine: &dyn LocalEngine,
@@ -80,25 +81,71 @@ pub fn measure_cached_on(
     opts: &MeasureOptions,
     measure: impl FnOnce(&Arch, &MeasureOptions) -> Result<Measurement>,
 ) -> Result<(Measurement, bool)> {
+    let key = key_on(engine, arch, opts);
+    serve_or_measure(store, &key, arch, opts, || measure::pace_on(engine, opts), measure)
+}
+
+/// [`measure_cached_on`] with the pace of the machine now supplied by the caller (tests).
+fn serve_or_measure(
+    store: &Store,
+    key: &Key,
+    arch: &Arch,
+    opts: &MeasureOptions,
+    pace_now: impl FnOnce() -> Result<f64>,
+    measure: impl FnOnce(&Arch, &MeasureOptions) -> Result<Measurement>,
+) -> Result<(Measurement, bool)> {
     opts.validate()?;
     arch.validate()?;
     if !opts.per_layer {
-        if let Some(m) = store.get(&key_on(engine, arch, opts))? {
+        if let Some(m) = store.get(key)? {
             if m.stats.runs >= opts.runs && m.stable {
-                tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
-                return Ok((m, true));
+                let Some(then) = m.pace_ms else {
+                    tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
+                    return Ok((m, true));
+                };
+                let now = pace_now()?;
+                if then <= now * (1.0 + opts.max_slowdown) {
+                    tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
+                    return Ok((m, true));
+                }
+                tracing::info!(
+                    arch = %m.arch,
+                    slower = then / now,
+                    "the stored latency was measured while this machine ran slower than now; measuring again"
+                );
+            } else {
+                tracing::info!(
+                    stored = m.stats.runs,
+                    wanted = opts.runs,
+                    stable = m.stable,
+                    "stored measurement not reusable; measuring again"
+                );
             }
-            tracing::info!(
-                stored = m.stats.runs,
-                wanted = opts.runs,
-                stable = m.stable,
-                "stored measurement not reusable; measuring again"
-            );
         }
     }
     let m = measure(arch, opts)?;
+    if let (Some(pace), Some(best)) = (m.pace_ms, store.best_pace(key)?) {
+        if pace > best * (1.0 + opts.max_slowdown) {
+            warn_slow_once(pace / best, store);
+        }
+    }
     store.put(&m)?;
     Ok((m, false))
+}
+
+/// Tells once per process that this machine runs slower than the store has seen it run: the
+/// latencies measured now read high, and are measured again at the next request when it is
+/// back to speed.
+fn warn_slow_once(factor: f64, store: &Store) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "this machine runs {factor:.2}x slower than the fastest measurement in the latency store {} \
+             (another load, a VM's neighbours, a power mode?): latencies measured now read high; the store \
+             measures them again once it is back to speed",
+            store.path().display()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +176,7 @@ mod tests {
             fingerprint: Fingerprint::current(opts.threads, vec![0]),
             measured_at: mnas_space::timestamp::utc_now(),
             per_layer: None,
+            pace_ms: None,
         }
     }
 
@@ -182,6 +230,55 @@ mod tests {
         assert!(!measure_cached_with(&store, &arch, &opts, steady).unwrap().1);
         let (m, cached) = measure_cached_with(&store, &arch, &opts, |_, _| panic!("must be served")).unwrap();
         assert!(cached && m.stable && m.stats.median_ms == 12.0);
+    }
+
+    #[test]
+    fn a_latency_measured_while_the_machine_ran_slow_is_measured_again() {
+        let store = Store::in_memory().unwrap();
+        let arch = mnas_space::lookup("mnasnet-a1").unwrap();
+        let opts = MeasureOptions { runs: 5, ..Default::default() };
+        let key = key_for(&arch, &opts);
+        let paced = |median: f64, pace: f64| {
+            move |a: &Arch, o: &MeasureOptions| Ok(Measurement { pace_ms: Some(pace), ..fake(a, o, median) })
+        };
+        let unused = || -> Result<f64> { panic!("nothing stored: no pace to compare") };
+        // Taken in a slow spell: 10 ms, the reference at 1.7 ms.
+        assert!(!serve_or_measure(&store, &key, &arch, &opts, unused, paced(10.0, 1.7)).unwrap().1);
+        // Still as slow now (or within the tolerance): served.
+        let (m, cached) =
+            serve_or_measure(&store, &key, &arch, &opts, || Ok(1.5), |_, _| panic!("must be served")).unwrap();
+        assert!(cached && m.stats.median_ms == 10.0);
+        // Back to speed: the reference at 1.0 ms, so the stored 10 ms is stale.
+        let (m, cached) = serve_or_measure(&store, &key, &arch, &opts, || Ok(1.0), paced(6.0, 1.0)).unwrap();
+        assert!(!cached && m.stats.median_ms == 6.0);
+        assert_eq!(store.get(&key).unwrap().and_then(|m| m.pace_ms), Some(1.0), "replaced, with its pace");
+        // Measured fast, asked while the machine is slow: the fast value is the machine's, served.
+        let (m, cached) =
+            serve_or_measure(&store, &key, &arch, &opts, || Ok(1.7), |_, _| panic!("must be served")).unwrap();
+        assert!(cached && m.stats.median_ms == 6.0);
+        // A record without a pace (an older mnas, an external command) is served without timing one.
+        let other = mnas_space::lookup("mnasnet-b1").unwrap();
+        let other_key = key_for(&other, &opts);
+        assert!(!serve_or_measure(&store, &other_key, &other, &opts, unused, |a, o| Ok(fake(a, o, 7.0))).unwrap().1);
+        assert!(serve_or_measure(&store, &other_key, &other, &opts, unused, |_, _| panic!("served")).unwrap().1);
+        // A tolerance that accepts any slowdown serves even the slow-spell figure.
+        store.put(&paced(10.0, 1.7)(&arch, &opts).unwrap()).unwrap();
+        let lenient = MeasureOptions { max_slowdown: f64::INFINITY, ..opts.clone() };
+        let (m, cached) = serve_or_measure(&store, &key, &arch, &lenient, || Ok(1.0), |_, _| panic!("served")).unwrap();
+        assert!(cached && m.stats.median_ms == 10.0);
+    }
+
+    #[test]
+    fn a_local_measurement_through_the_store_records_its_pace() {
+        let store = Store::in_memory().unwrap();
+        let mut arch = mnas_space::lookup("mnasnet-small").unwrap();
+        arch.resolution = 32;
+        let opts = MeasureOptions { runs: 3, warmup: 1, max_cv: 10.0, ..Default::default() };
+        let (m, cached) = measure_cached(&store, &arch, &opts).unwrap();
+        assert!(!cached);
+        let pace = m.pace_ms.expect("paced");
+        assert_eq!(store.get(&key_for(&arch, &opts)).unwrap().and_then(|s| s.pace_ms), Some(pace));
+        assert_eq!(store.best_pace(&key_for(&arch, &opts)).unwrap(), Some(pace));
     }
 
     #[test]

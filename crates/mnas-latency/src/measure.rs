@@ -38,6 +38,19 @@ pub struct MeasureOptions {
     pub per_layer: bool,
     /// Seed of the random weights and input.
     pub seed: u64,
+    /// How much slower (relative) than now the machine may have run when a stored measurement
+    /// was taken (its pace against the pace now) for the store to serve it; above, it is
+    /// measured again. Infinite: always served.
+    #[serde(default = "default_max_slowdown")]
+    pub max_slowdown: f64,
+}
+
+/// Timing the pace reference twice on a quiet machine differs by a few percent; a VM's slow
+/// spell moves it by 20-70 %.
+pub const DEFAULT_MAX_SLOWDOWN: f64 = 0.15;
+
+fn default_max_slowdown() -> f64 {
+    DEFAULT_MAX_SLOWDOWN
 }
 
 impl Default for MeasureOptions {
@@ -52,6 +65,7 @@ impl Default for MeasureOptions {
             core: None,
             per_layer: false,
             seed: 0,
+            max_slowdown: DEFAULT_MAX_SLOWDOWN,
         }
     }
 }
@@ -79,6 +93,9 @@ impl MeasureOptions {
         }
         if !(self.max_cv.is_finite() && self.max_cv > 0.0) {
             return bad(format!("max_cv must be > 0, got {}", self.max_cv));
+        }
+        if self.max_slowdown.is_nan() || self.max_slowdown <= 0.0 {
+            return bad(format!("max_slowdown must be > 0, got {}", self.max_slowdown));
         }
         if self.retries > 10 {
             return bad(format!("retries must be at most 10, got {}", self.retries));
@@ -121,7 +138,21 @@ pub struct Measurement {
     pub measured_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_layer: Option<Vec<StageTime>>,
+    /// How fast the machine ran: the fastest of 21 runs of [`PACE_REFERENCE`] on the same engine
+    /// and cores just before. `None` where it was not timed (an external command, a prediction, a
+    /// record from an older mnas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_ms: Option<f64>,
 }
+
+/// The network whose time is a measurement's pace: small enough to cost tens of milliseconds,
+/// made of the same ops as the networks measured, so that what slows them (another load, a VM's
+/// neighbours, a power mode) slows it by about the same factor.
+pub const PACE_REFERENCE: &str = "mobilenetv2_100";
+/// Its resolution.
+pub const PACE_RESOLUTION: u32 = 64;
+const PACE_WARMUP: usize = 3;
+const PACE_RUNS: usize = 21;
 
 /// Where a measurement is, for progress displays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +257,11 @@ pub fn measure_on(
         result?;
     }
     tracing::info!(arch = %arch.canonical(), ?cores, threads = opts.threads, "measuring");
-    let (kept, attempts, per_layer) = pool.install(|| run_pinned(engine, arch, opts, &cores, progress))?;
+    let (kept, attempts, per_layer, pace) = pool.install(|| {
+        let pace = time_pace(engine, opts, &cores)?;
+        let (kept, attempts, per_layer) = run_pinned(engine, arch, opts, &cores, progress)?;
+        Ok::<_, LatencyError>((kept, attempts, per_layer, pace))
+    })?;
     let stable = kept.cv <= opts.max_cv;
     if !stable {
         tracing::info!(cv = kept.cv, max_cv = opts.max_cv, attempts, "latency spread stays too wide");
@@ -244,7 +279,47 @@ pub fn measure_on(
         fingerprint: fingerprint_of(engine, opts.threads, cores),
         measured_at: utc_now(),
         per_layer,
+        pace_ms: Some(pace),
     })
+}
+
+/// The pace of this machine now: [`PACE_REFERENCE`]'s median on `engine` with `opts`'s threads
+/// and cores (batch 1), in ms.
+pub fn pace_on(engine: &dyn LocalEngine, opts: &MeasureOptions) -> Result<f64> {
+    opts.validate()?;
+    let cores = planned_cores(opts)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .thread_name(|i| format!("mnas-pace-{i}"))
+        .build()
+        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
+    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
+        result?;
+    }
+    pool.install(|| time_pace(engine, opts, &cores))
+}
+
+/// [`pace_on`] on a thread already pinned to `cores[0]`.
+fn time_pace(engine: &dyn LocalEngine, opts: &MeasureOptions, cores: &[usize]) -> Result<f64> {
+    let mut reference = mnas_space::lookup(PACE_REFERENCE)?;
+    reference.resolution = PACE_RESOLUTION;
+    reference.num_classes = 10;
+    let pace_opts = MeasureOptions { batch: 1, per_layer: false, ..opts.clone() };
+    let mut model = engine.build(&reference, &pace_opts, cores)?;
+    for _ in 0..PACE_WARMUP {
+        model.run()?;
+    }
+    let mut samples = Vec::with_capacity(PACE_RUNS);
+    for _ in 0..PACE_RUNS {
+        let start = Instant::now();
+        model.run()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    // The fastest run: another process sharing the core delays some runs, not all of them,
+    // while a machine that runs slower (a VM's neighbours, a power mode) slows every run.
+    Stats::of(&samples)
+        .map(|s| s.min_ms)
+        .ok_or_else(|| LatencyError::Engine("no usable timings of the pace reference".into()))
 }
 
 type Pinned = (Stats, usize, Option<Vec<StageTime>>);
@@ -395,6 +470,7 @@ mod tests {
             (MeasureOptions { threads: 0, ..Default::default() }, "threads"),
             (MeasureOptions { batch: 0, ..Default::default() }, "batch"),
             (MeasureOptions { max_cv: f64::NAN, ..Default::default() }, "max_cv"),
+            (MeasureOptions { max_slowdown: 0.0, ..Default::default() }, "max_slowdown"),
         ] {
             let e = opts.validate().unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
@@ -415,6 +491,8 @@ mod tests {
         assert_eq!((m.stats.runs, m.attempts, m.stable, m.threads), (4, 1, true, 1));
         assert_eq!(m.fingerprint.cores.len(), 1);
         assert_eq!(m.arch, arch.canonical());
+        let pace = m.pace_ms.expect("a local measurement records its pace");
+        assert!(pace.is_finite() && pace > 0.0, "{pace}");
         let layers = m.per_layer.unwrap();
         assert_eq!(layers.len(), arch.layers().len() + 3);
         assert!(layers.iter().all(|l| l.median_ms.is_finite() && l.macs > 0), "{layers:?}");

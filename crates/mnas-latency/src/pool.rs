@@ -183,7 +183,7 @@ impl AgentPool {
             tracing::info!(%agent, arch = %arch.canonical(), "dispatching measurement");
             let outcome = match self.exchange(i, &request, timeout) {
                 Outcome::Answer(answer) => match *answer {
-                    Response::Measured(m) => check_measurement(&m, arch, opts).map(|()| Ok(m)),
+                    Response::Measured(m) => check_measurement(&m, arch, opts).map(|()| Ok(*m)),
                     Response::Error { message } => Ok(Err(message)),
                     Response::Pong { .. } => Err("answered a measurement with a pong".into()),
                 },
@@ -237,7 +237,7 @@ impl AgentPool {
                         let agent = self.endpoints[i].label.clone();
                         let r = match self.exchange(i, request, timeout) {
                             Outcome::Answer(answer) => match *answer {
-                                Response::Pong { fingerprint } => Ok(fingerprint),
+                                Response::Pong { fingerprint } => Ok(*fingerprint),
                                 Response::Error { message } => {
                                     Err(RemoteError::Rejected { agent: agent.clone(), message })
                                 }

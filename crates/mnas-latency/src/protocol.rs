@@ -59,11 +59,11 @@ impl std::fmt::Debug for Request {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
     /// The measurement; its fingerprint is the agent's device.
-    Measured(Measurement),
+    Measured(Box<Measurement>),
     /// The request was understood but refused or failed (bad token, invalid arch, ...).
     Error { message: String },
     /// The agent's device (threads 1, no cores: a ping pins nothing).
-    Pong { fingerprint: Fingerprint },
+    Pong { fingerprint: Box<Fingerprint> },
 }
 
 /// A frame on the wire: the version, then the message.

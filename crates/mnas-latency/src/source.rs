@@ -147,6 +147,7 @@ pub fn predicted(lut: &Lut, arch: &Arch, ms: f64) -> Measurement {
         fingerprint,
         measured_at: mnas_space::timestamp::utc_now(),
         per_layer: None,
+        pace_ms: None,
     }
 }
 

@@ -39,6 +39,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS latency (
     name TEXT,
     fingerprint_json TEXT NOT NULL,
     measured_at TEXT NOT NULL,
+    pace_ms REAL,
     PRIMARY KEY (arch_canonical, resolution, batch, threads, fingerprint, engine)
 )";
 
@@ -132,6 +133,13 @@ impl Store {
         // Reading the journal mode is the first real read: a file that is not a database fails here.
         let _mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         self.conn.execute_batch(SCHEMA)?;
+        // Stores written before measurements carried their pace lack the column; it is nullable,
+        // so adding it keeps them readable by older builds too (the schema version stays).
+        let has_pace =
+            self.conn.prepare("SELECT 1 FROM pragma_table_info('latency') WHERE name = 'pace_ms'")?.exists([])?;
+        if !has_pace {
+            self.conn.execute_batch("ALTER TABLE latency ADD COLUMN pace_ms REAL")?;
+        }
         let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version == 0 {
             self.conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
@@ -149,7 +157,7 @@ impl Store {
             .conn
             .query_row(
                 "SELECT median_ms, p10_ms, p90_ms, mean_ms, min_ms, cv, runs, warmup, attempts, stable, name,
-                        fingerprint_json, measured_at
+                        fingerprint_json, measured_at, pace_ms
                  FROM latency
                  WHERE arch_canonical = ?1 AND resolution = ?2 AND batch = ?3 AND threads = ?4
                    AND fingerprint = ?5 AND engine = ?6",
@@ -161,12 +169,14 @@ impl Store {
                         r.get::<_, Option<String>>(10)?,
                         r.get::<_, String>(11)?,
                         r.get::<_, String>(12)?,
+                        r.get::<_, Option<f64>>(13)?,
                     ))
                 },
             )
             .optional()
             .map_err(|e| sql_error(&self.path, e))?;
-        let Some(([median, p10, p90, mean, min, cv], [runs, warmup, attempts, stable], name, fp, at)) = row else {
+        let Some(([median, p10, p90, mean, min, cv], [runs, warmup, attempts, stable], name, fp, at, pace)) = row
+        else {
             return Ok(None);
         };
         let fingerprint: Fingerprint = serde_json::from_str(&fp).map_err(|e| LatencyError::Store {
@@ -195,7 +205,20 @@ impl Store {
             fingerprint,
             measured_at: at,
             per_layer: None,
+            pace_ms: pace,
         }))
+    }
+
+    /// The fastest pace among the measurements on `key`'s device, engine and thread count: how
+    /// fast this machine can run, as far as the store knows.
+    pub fn best_pace(&self, key: &Key) -> Result<Option<f64>> {
+        self.conn
+            .query_row(
+                "SELECT MIN(pace_ms) FROM latency WHERE fingerprint = ?1 AND engine = ?2 AND threads = ?3",
+                params![key.fingerprint, key.engine, key.threads as i64],
+                |r| r.get::<_, Option<f64>>(0),
+            )
+            .map_err(|e| sql_error(&self.path, e))
     }
 
     /// Stores `m`, replacing an earlier measurement under the same key.
@@ -207,8 +230,8 @@ impl Store {
             .execute(
                 "INSERT OR REPLACE INTO latency (arch_canonical, resolution, batch, threads, fingerprint, engine,
                     median_ms, p10_ms, p90_ms, mean_ms, min_ms, cv, runs, warmup, attempts, stable, name,
-                    fingerprint_json, measured_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                    fingerprint_json, measured_at, pace_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
                 params![
                     key.arch,
                     key.resolution,
@@ -229,6 +252,7 @@ impl Store {
                     m.name,
                     fp,
                     m.measured_at,
+                    m.pace_ms,
                 ],
             )
             .map_err(|e| sql_error(&self.path, e))?;
@@ -283,6 +307,7 @@ mod tests {
             fingerprint: Fingerprint::current(1, vec![0]),
             measured_at: "2026-11-28T00:00:00Z".into(),
             per_layer: None,
+            pace_ms: Some(0.5),
         }
     }
 
@@ -315,6 +340,39 @@ mod tests {
         store.put(&newer).unwrap();
         assert_eq!(store.len().unwrap(), 1);
         assert_eq!(store.get(&Key::of(&m)).unwrap().map(|g| g.stats.median_ms), Some(4.0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_written_before_paces_were_recorded_still_reads() {
+        let dir = scratch("old-schema");
+        let path = dir.join("latency.sqlite");
+        let m = sample("stem32|x|r64", 3.5);
+        {
+            // The table as mnas wrote it before the pace column.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace("    pace_ms REAL,\n", "")).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            let fp = serde_json::to_string(&m.fingerprint).unwrap();
+            let key = Key::of(&m);
+            conn.execute(
+                "INSERT INTO latency VALUES (?1, 64, 1, 1, ?2, ?3, 3.5, 3.0, 4.0, 3.5, 2.8, 0.05, 10, 2, 1, 1, 'test', \
+                 ?4, '2026-11-28T00:00:00Z')",
+                params![key.arch, key.fingerprint, key.engine, fp],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.get(&Key::of(&m)).unwrap().expect("the old row");
+        assert_eq!((old.stats.median_ms, old.pace_ms), (3.5, None));
+        assert_eq!(store.best_pace(&Key::of(&m)).unwrap(), None);
+        store.put(&Measurement { arch: "other".into(), pace_ms: Some(0.7), ..m.clone() }).unwrap();
+        store.put(&Measurement { arch: "third".into(), pace_ms: Some(0.6), ..m.clone() }).unwrap();
+        assert_eq!(store.best_pace(&Key::of(&m)).unwrap(), Some(0.6));
+        let mut elsewhere = m.clone();
+        elsewhere.threads = 2;
+        elsewhere.fingerprint.threads = 2;
+        assert_eq!(store.best_pace(&Key::of(&elsewhere)).unwrap(), None, "another thread count is another pace");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

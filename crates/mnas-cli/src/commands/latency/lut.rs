@@ -180,6 +180,10 @@ pub struct ReportArgs {
     /// stored marked unstable and measured again by the next report.
     #[arg(long, default_value_t = 0.10)]
     pub max_cv: f64,
+    /// A stored measurement taken while this machine ran more than this much slower than now is
+    /// measured again (as `mnas latency --max-slowdown`).
+    #[arg(long, default_value_t = mnas_latency::measure::DEFAULT_MAX_SLOWDOWN)]
+    pub max_slowdown: f64,
     /// Latency store [default: as `mnas latency`].
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
@@ -436,6 +440,7 @@ fn report(args: ReportArgs) -> Result<()> {
         // would triple a report's time on a busy machine without changing what it judges.
         retries: 0,
         max_cv: args.max_cv,
+        max_slowdown: args.max_slowdown,
         ..MeasureOptions::default()
     };
     opts.validate()?;

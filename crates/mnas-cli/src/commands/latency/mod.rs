@@ -27,7 +27,11 @@ the warm-up, --runs timed forward passes give median / p10 / p90 / CV, and the r
 (up to twice) when the CV exceeds --max-cv.
 
 Results go to a SQLite store keyed by (arch, resolution, batch, threads, device fingerprint, \
-engine): asking again on the same device answers from the store without measuring.
+engine): asking again on the same device answers from the store without measuring. Each \
+measurement also records its pace: MobileNetV2 at 64 px timed on the same engine and cores just \
+before. A stored result whose pace was more than 15 % slower than the pace now (taken while \
+another load, a VM's neighbours or a power mode slowed the machine) is measured again, not served \
+(--max-slowdown).
 
 Examples:
   mnas latency --arch mnasnet-a1 --per-layer
@@ -66,6 +70,10 @@ pub struct LatencyArgs {
     /// Largest coefficient of variation (std / mean) accepted before re-measuring.
     #[arg(long, default_value_t = 0.10)]
     pub max_cv: f64,
+    /// A stored result taken while this machine ran more than this much slower than now (its
+    /// pace against the pace now; 0.15 = 15 %) is measured again; `inf` serves it whatever the pace.
+    #[arg(long, default_value_t = mnas_latency::measure::DEFAULT_MAX_SLOWDOWN)]
+    pub max_slowdown: f64,
     /// Latency store [default: $XDG_CACHE_HOME/mnas/latency.sqlite, else ~/.cache/mnas/latency.sqlite].
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
@@ -99,6 +107,7 @@ pub fn run(args: LatencyArgs) -> Result<()> {
         warmup: args.warmup,
         batch: args.batch,
         max_cv: args.max_cv,
+        max_slowdown: args.max_slowdown,
         core: args.core,
         per_layer: args.per_layer,
         ..MeasureOptions::default()

@@ -178,7 +178,9 @@ pub fn run(args: &ElsewhereArgs, arch: &Arch, opts: &MeasureOptions, store_args:
     report(&m, was_cached, store_path.as_deref(), Some(&agent), opts, store_args.json)
 }
 
-/// A stored measurement under the device of any agent that answers a ping, with enough runs.
+/// A stored measurement under the device of any agent that answers a ping, with enough runs and
+/// a spread within the accepted one (an unstable result is measured again, never served). Its
+/// pace is not compared with the agent's pace now: that would take a round trip per lookup.
 fn lookup(
     store: &Store,
     pool: &AgentPool,
@@ -188,7 +190,8 @@ fn lookup(
     for (agent, fingerprint) in pool.fingerprints() {
         match fingerprint {
             Ok(fp) => {
-                if let Some(m) = store.get(&key_on(&fp, arch, opts))?.filter(|m| m.stats.runs >= opts.runs) {
+                if let Some(m) = store.get(&key_on(&fp, arch, opts))?.filter(|m| m.stats.runs >= opts.runs && m.stable)
+                {
                     tracing::info!(%agent, "latency from the store");
                     return Ok(Some((m, agent)));
                 }

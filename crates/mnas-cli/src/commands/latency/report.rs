@@ -28,15 +28,16 @@ pub(crate) fn print_report(m: &Measurement, cached: bool, store: Option<&str>, o
         r = m.resolution,
     );
     let attempts = if m.attempts == 1 { String::new() } else { format!(", {} attempts", m.attempts) };
+    let pace = m.pace_ms.map_or(String::new(), |p| format!("; pace {p:.3} ms"));
     if m.stable {
         println!(
-            "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms",
+            "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms{pace}",
             m.stats.runs, m.warmup, m.stats.min_ms, m.stats.mean_ms
         );
     } else {
         println!(
-            "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms; UNSTABLE: CV {:.3} stayed above \
-             {:.3} (a busy machine?); the median is the best estimate",
+            "runs: {} timed after {} warm-up{attempts}; min {:.2} ms, mean {:.2} ms{pace}; UNSTABLE: CV {:.3} stayed \
+             above {:.3} (a busy machine?); the median is the best estimate",
             m.stats.runs, m.warmup, m.stats.min_ms, m.stats.mean_ms, m.stats.cv, opts.max_cv
         );
     }
