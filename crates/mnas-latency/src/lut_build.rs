@@ -24,7 +24,6 @@ use crate::lut::{
 };
 use crate::measure::{self, BuiltIn, LocalEngine, MeasureOptions};
 use crate::ort_engine::{OrtEngine, ORT_ENGINE};
-use crate::pin::pin_current_thread;
 use crate::stats::Stats;
 use mnas_space::timestamp::utc_now;
 
@@ -315,14 +314,7 @@ pub fn build(
     shuffle(&mut todo, opts.seed);
     tracing::info!(configs = configs.len(), todo = todo.len(), ?cores, "building the latency LUT");
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .thread_name(|i| format!("mnas-lut-{i}"))
-        .build()
-        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
-    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
-        result?;
-    }
+    let pool = measure::pinned_pool(&cores, "mnas-lut")?;
     let total = configs.len();
     let mut done = total - todo.len();
     progress(LutProgress::Entries { done, total });

@@ -248,14 +248,7 @@ pub fn measure_on(
     opts.validate()?;
     arch.validate()?;
     let cores = planned_cores(opts)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .thread_name(|i| format!("mnas-latency-{i}"))
-        .build()
-        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
-    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
-        result?;
-    }
+    let pool = pinned_pool(&cores, "mnas-latency")?;
     tracing::info!(arch = %arch.canonical(), ?cores, threads = opts.threads, "measuring");
     let (kept, attempts, per_layer, pace) = pool.install(|| {
         let pace = time_pace(engine, opts, &cores)?;
@@ -288,15 +281,21 @@ pub fn measure_on(
 pub fn pace_on(engine: &dyn LocalEngine, opts: &MeasureOptions) -> Result<f64> {
     opts.validate()?;
     let cores = planned_cores(opts)?;
+    let pool = pinned_pool(&cores, "mnas-pace")?;
+    pool.install(|| time_pace(engine, opts, &cores))
+}
+
+/// One engine thread pinned to each of `cores` (the pool a measurement runs in).
+pub(crate) fn pinned_pool(cores: &[usize], name: &'static str) -> Result<rayon::ThreadPool> {
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .thread_name(|i| format!("mnas-pace-{i}"))
+        .num_threads(cores.len())
+        .thread_name(move |i| format!("{name}-{i}"))
         .build()
-        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
+        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", cores.len())))?;
     for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
         result?;
     }
-    pool.install(|| time_pace(engine, opts, &cores))
+    Ok(pool)
 }
 
 /// [`pace_on`] on a thread already pinned to `cores[0]`.
@@ -400,13 +399,7 @@ fn run_pinned(
 pub fn op_breakdown(arch: &Arch, opts: &MeasureOptions) -> Result<Vec<(String, f64)>> {
     opts.validate()?;
     let cores = planned_cores(opts)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| LatencyError::Pin(format!("cannot start {} engine threads: {e}", opts.threads)))?;
-    for result in pool.broadcast(|ctx| pin_current_thread(cores[ctx.index()])) {
-        result?;
-    }
+    let pool = pinned_pool(&cores, "mnas-ops")?;
     pool.install(|| {
         let net = Folded::random(arch, opts.seed).map_err(engine_error)?;
         let input = Input::random(arch, opts);
