@@ -16,9 +16,23 @@ pub fn avx2_fma() -> bool {
     false
 }
 
+/// Whether this CPU has AVX-512F, which the inference kernels (`kernels::avx512`) need.
+pub fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The instruction set the kernels run with on this CPU, for fingerprints and benchmarks.
 pub fn level() -> &'static str {
-    if crate::kernels::avx512::available() {
+    if avx512f() {
         // The inference convolutions and depthwise rows run AVX-512 code of their own.
         "avx512f"
     } else if avx2_fma() {

@@ -6,7 +6,7 @@
 //! - [`fingerprint`]: the device, engine and build every measurement carries;
 //! - [`store`]: the SQLite table a search reuses, so a measured arch costs nothing the second time;
 //! - [`lut`] / [`lut_build`]: the per-layer lookup-table predictor (microseconds per arch), judged
-//!   by how well it ranks (Kendall tau, from mnas-stats);
+//!   by how well it ranks (Kendall tau, from mnas-stats); [`timers`] loads the engine a table names;
 //! - [`protocol`] / [`agent`] / [`pool`]: measuring on other machines through `mnas agent`;
 //! - [`engine`]: measuring with an external command (`--engine cmd:...`) on an exported ONNX model.
 
@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod timers;
 
 use mnas_space::Arch;
 

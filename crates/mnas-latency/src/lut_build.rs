@@ -23,7 +23,6 @@ use crate::lut::{
     head_key, layer_key, stage_keys, stem_key, FitPoint, Lut, LutEntry, LutError, LutResult, OverheadFit, LUT_FORMAT,
 };
 use crate::measure::{self, BuiltIn, LocalEngine, MeasureOptions};
-use crate::ort_engine::{OrtEngine, ORT_ENGINE};
 use crate::stats::Stats;
 use mnas_space::timestamp::utc_now;
 
@@ -55,18 +54,6 @@ impl StageTimer for BuiltIn {
                 times[times.len() - 2] + times[times.len() - 1]
             }),
         }
-    }
-}
-
-/// The engine a table was measured with (its fingerprint names it), loaded here so that the
-/// table can be checked against this machine and extended or judged on the same engine.
-/// `ort_lib` is where ONNX Runtime is when it is not discovered.
-pub fn engine_of(fingerprint: &Fingerprint, ort_lib: Option<&Path>) -> LutResult<&'static dyn StageTimer> {
-    static BUILT_IN: BuiltIn = BuiltIn;
-    match fingerprint.engine.as_str() {
-        crate::fingerprint::ENGINE => Ok(&BUILT_IN),
-        ORT_ENGINE => Ok(OrtEngine::load(ort_lib)?),
-        other => Err(LutError::Engine(other.to_string())),
     }
 }
 

@@ -132,7 +132,7 @@ impl LatencySpec {
             }
             LatencySpec::Lut { path, fingerprint_key } => {
                 let lut = Lut::load(path).map_err(|e| PipelineError::Latency(e.to_string()))?;
-                let engine = mnas_latency::lut_build::engine_of(&lut.fingerprint, access.ort_lib.as_deref())
+                let engine = mnas_latency::timers::engine_of(&lut.fingerprint, access.ort_lib.as_deref())
                     .map_err(|e| PipelineError::Latency(e.to_string()))?;
                 lut.check_device(engine).map_err(|e| PipelineError::Latency(e.to_string()))?;
                 if &lut.fingerprint_key != fingerprint_key {

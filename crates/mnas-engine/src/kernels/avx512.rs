@@ -3,19 +3,8 @@
 
 use super::bn::Act;
 
-/// Whether this CPU runs the AVX-512 kernels (AVX-512F).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+/// Whether this CPU runs the AVX-512 kernels (detected with the other instruction sets).
+pub use crate::simd::avx512f as available;
 
 /// `act` on 16 lanes.
 #[cfg(target_arch = "x86_64")]

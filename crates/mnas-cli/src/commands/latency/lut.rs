@@ -357,7 +357,7 @@ fn build(args: BuildLutArgs) -> Result<()> {
 /// warned about) when measured elsewhere.
 fn load_checked(path: &PathBuf, any_device: bool, ort: &OrtLibArg) -> Result<(Lut, &'static dyn StageTimer)> {
     let lut = Lut::load(path)?;
-    let engine = lut_build::engine_of(&lut.fingerprint, ort.ort_lib.as_deref())
+    let engine = mnas_latency::timers::engine_of(&lut.fingerprint, ort.ort_lib.as_deref())
         .with_context(|| format!("{}: the table's engine", path.display()))?;
     if let Err(e) = lut.check_device(engine) {
         if !any_device {
