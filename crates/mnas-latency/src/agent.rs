@@ -199,7 +199,7 @@ impl Shared {
         }
     }
 
-    fn measure(&self, arch: &Arch, options: &MeasureOptions) -> Result<crate::Measurement, String> {
+    fn measure(&self, arch: &Arch, options: &MeasureOptions) -> Result<crate::measure::Measurement, String> {
         options.validate().map_err(|e| e.to_string())?;
         arch.validate().map_err(|e| format!("invalid arch: {e}"))?;
         let need = memory_estimate(arch, options.batch);

@@ -429,6 +429,6 @@ mod tests {
         let a = EngineCommand::parse("cmd:a {model}", Duration::ZERO).unwrap();
         let b = EngineCommand::parse("cmd:b {model}", Duration::ZERO).unwrap();
         assert_ne!(a.key(&arch, &opts), b.key(&arch, &opts));
-        assert_ne!(a.key(&arch, &opts).fingerprint, crate::key_for(&arch, &opts).fingerprint);
+        assert_ne!(a.key(&arch, &opts).fingerprint, crate::cached::key_for(&arch, &opts).fingerprint);
     }
 }

@@ -467,7 +467,7 @@ mod tests {
         let mut remote = Fingerprint::current(1, vec![]);
         remote.cpu_model = "Cortex-A76".into();
         let key = key_on(&remote, &arch, &opts);
-        assert_ne!(key.fingerprint, crate::key_for(&arch, &opts).fingerprint);
+        assert_ne!(key.fingerprint, crate::cached::key_for(&arch, &opts).fingerprint);
         let mut measured = remote.clone();
         measured.threads = 2;
         measured.cores = vec![4, 5];

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use mnas_space::Arch;
 
 use crate::engine::EngineCommand;
+use crate::error::LatencyError;
 use crate::lut::Lut;
 use crate::measure::{self, LocalEngine, MeasureOptions, Measurement};
 use crate::pool::{AgentPool, RemoteError};
@@ -54,14 +55,12 @@ impl LatencySource for OnThisMachine {
         let result = match &self.store {
             Some(store) => {
                 let store = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                crate::measure_cached_on(&store, self.engine, arch, &self.options, measure).map(|(m, _)| m)
+                crate::cached::measure_cached_on(&store, self.engine, arch, &self.options, measure).map(|(m, _)| m)
             }
             None => measure(arch, &self.options),
         };
         result.map_err(|e| match e {
-            crate::LatencyError::Arch(_) | crate::LatencyError::Model(_) | crate::LatencyError::Fold(_) => {
-                SourceError::Model(e.to_string())
-            }
+            LatencyError::Arch(_) | LatencyError::Model(_) | LatencyError::Fold(_) => SourceError::Model(e.to_string()),
             _ => SourceError::Unavailable(e.to_string()),
         })
     }
