@@ -151,7 +151,13 @@ pub struct Measurement {
 pub const PACE_REFERENCE: &str = "mobilenetv2_100";
 /// Its resolution.
 pub const PACE_RESOLUTION: u32 = 64;
+/// Untimed runs of the pace reference: at least this many, for at least [`PACE_WARMUP_TIME`]. A
+/// core that was idle runs its first tens of milliseconds slower (measured here: the reference's
+/// fastest run 0.89-0.94 ms right after 5 s of idle, 0.62-0.69 ms otherwise).
 const PACE_WARMUP: usize = 3;
+const PACE_WARMUP_TIME: Duration = Duration::from_millis(40);
+/// Most untimed runs, for an engine so slow that 40 ms is a few runs anyway.
+const PACE_WARMUP_MAX: usize = 1000;
 const PACE_RUNS: usize = 21;
 
 /// Where a measurement is, for progress displays.
@@ -251,8 +257,9 @@ pub fn measure_on(
     let pool = pinned_pool(&cores, "mnas-latency")?;
     tracing::info!(arch = %arch.canonical(), ?cores, threads = opts.threads, "measuring");
     let (kept, attempts, per_layer, pace) = pool.install(|| {
-        let pace = time_pace(engine, opts, &cores)?;
         let (kept, attempts, per_layer) = run_pinned(engine, arch, opts, &cores, progress)?;
+        // After the measurement, while the core still runs at the speed it was measured at.
+        let pace = time_pace(engine, opts, &cores)?;
         Ok::<_, LatencyError>((kept, attempts, per_layer, pace))
     })?;
     let stable = kept.cv <= opts.max_cv;
@@ -305,8 +312,11 @@ fn time_pace(engine: &dyn LocalEngine, opts: &MeasureOptions, cores: &[usize]) -
     reference.num_classes = 10;
     let pace_opts = MeasureOptions { batch: 1, per_layer: false, ..opts.clone() };
     let mut model = engine.build(&reference, &pace_opts, cores)?;
-    for _ in 0..PACE_WARMUP {
+    let warming = Instant::now();
+    let mut warm = 0;
+    while warm < PACE_WARMUP || (warming.elapsed() < PACE_WARMUP_TIME && warm < PACE_WARMUP_MAX) {
         model.run()?;
+        warm += 1;
     }
     let mut samples = Vec::with_capacity(PACE_RUNS);
     for _ in 0..PACE_RUNS {
