@@ -133,6 +133,9 @@ fn report_measures_held_out_archs() {
         // CV limit, and an unstable result is (rightly) measured again instead of being reused.
         "--max-cv",
         "1000",
+        // Nor is it about the pace: one timed while the other tests run reads slow.
+        "--max-slowdown",
+        "inf",
         "--json",
     ];
     let json: serde_json::Value = serde_json::from_str(&ok(&args)).expect("JSON");

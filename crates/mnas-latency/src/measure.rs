@@ -139,7 +139,7 @@ pub struct Measurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_layer: Option<Vec<StageTime>>,
     /// How fast the machine ran: the fastest of 21 runs of [`PACE_REFERENCE`] on the same engine
-    /// and cores just before. `None` where it was not timed (an external command, a prediction, a
+    /// and cores right after it. `None` where it was not timed (an external command, a prediction, a
     /// record from an older mnas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pace_ms: Option<f64>,

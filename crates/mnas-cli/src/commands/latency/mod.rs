@@ -28,8 +28,8 @@ the warm-up, --runs timed forward passes give median / p10 / p90 / CV, and the r
 
 Results go to a SQLite store keyed by (arch, resolution, batch, threads, device fingerprint, \
 engine): asking again on the same device answers from the store without measuring. Each \
-measurement also records its pace: MobileNetV2 at 64 px timed on the same engine and cores just \
-before. A stored result whose pace was more than 15 % slower than the pace now (taken while \
+measurement also records its pace: MobileNetV2 at 64 px timed on the same engine and cores right \
+after it. A stored result whose pace was more than 15 % slower than the pace now (taken while \
 another load, a VM's neighbours or a power mode slowed the machine) is measured again, not served \
 (--max-slowdown).
 
