@@ -32,7 +32,8 @@ pub enum OpKind {
     Pointwise,
     /// kxk depthwise convolutions.
     Depthwise,
-    /// An MBConv expansion and its depthwise convolution run row by row together (AVX-512).
+    /// An MBConv expansion and its depthwise convolution run row by row together (AVX-512), and
+    /// in layers without an SE the projection with them.
     ExpandDepthwise,
     /// kxk regular convolutions of `cn` layers.
     Conv,
@@ -60,7 +61,7 @@ impl OpKind {
             OpKind::Stem => "stem",
             OpKind::Pointwise => "pointwise",
             OpKind::Depthwise => "depthwise",
-            OpKind::ExpandDepthwise => "expand+depthwise",
+            OpKind::ExpandDepthwise => "fused MBConv",
             OpKind::Conv => "conv kxk",
             OpKind::SqueezeExcite => "SE",
             OpKind::Shortcut => "shortcut",
@@ -304,12 +305,13 @@ impl FoldedLayer {
     }
 
     fn forward(&self, x: Buf, n: usize, h: usize, w: usize) -> (Buf, usize, usize) {
-        let (mut y, oh, ow) = match self.fused(&x, n, h, w) {
+        let (mut y, oh, ow, projected) = match self.fused(&x, n, h, w) {
             Some(done) => done,
             None => {
                 let expanded = self.expand.as_ref().map(|c| c.forward(&x, n, h, w).0);
                 let main_in: &[f32] = expanded.as_deref().unwrap_or(&x);
-                self.main.forward(main_in, n, h, w)
+                let (y, oh, ow) = self.main.forward(main_in, n, h, w);
+                (y, oh, ow, false)
             }
         };
         if let Some(se) = &self.se {
@@ -321,8 +323,8 @@ impl FoldedLayer {
             });
         }
         let mut out = match &self.project {
-            Some(c) => c.forward(&y, n, oh, ow).0,
-            None => y,
+            Some(c) if !projected => c.forward(&y, n, oh, ow).0,
+            _ => y,
         };
         match &self.shortcut {
             FoldedShortcut::None => {}
@@ -354,21 +356,35 @@ impl FoldedLayer {
 const FUSE_MIN_PIXELS: usize = 28 * 28;
 
 impl FoldedLayer {
-    /// The expansion and depthwise convolution run together (see `kernels::fused`), where the
-    /// layer has both and this CPU the kernels.
-    fn fused(&self, x: &[f32], n: usize, h: usize, w: usize) -> Option<(Buf, usize, usize)> {
-        let expand = self.expand.as_ref()?;
-        let packed = expand.packed.as_ref()?;
-        if self.main.kind != ConvKind::Depthwise || expand.k != 1 || expand.stride != 1 || h * w < FUSE_MIN_PIXELS {
+    /// The expansion (if any), depthwise convolution and, without an SE between them, the
+    /// projection run together row by row (see `kernels::fused`), where this CPU has the kernels
+    /// and the layer two of them to fuse; the last field says whether the projection ran.
+    fn fused(&self, x: &[f32], n: usize, h: usize, w: usize) -> Option<(Buf, usize, usize, bool)> {
+        if self.main.kind != ConvKind::Depthwise || h * w < FUSE_MIN_PIXELS {
+            return None;
+        }
+        fn packed_1x1(c: &FoldedConv) -> Option<&PackedPointwise> {
+            (c.k == 1 && c.stride == 1).then_some(c.packed.as_ref()).flatten()
+        }
+        let expand = match &self.expand {
+            Some(e) => Some((packed_1x1(e)?, e.act)),
+            None => None,
+        };
+        let project = match (&self.se, &self.project) {
+            (None, Some(p)) => packed_1x1(p).map(|pk| (pk, p.act)),
+            _ => None,
+        };
+        if expand.is_none() && project.is_none() {
             return None;
         }
         let g = Dw { n, h, w, c: self.main.cin, k: self.main.k, stride: self.main.stride };
-        let mut y = Buf::uninit(n * g.oh() * g.ow() * g.c);
+        let width = project.map_or(g.c, |(pk, _)| pk.outputs());
+        let mut y = Buf::uninit(n * g.oh() * g.ow() * width);
         let m = &self.main;
         let done = timed(OpKind::ExpandDepthwise, || {
-            fused::expand_depthwise_into(x, expand.cin, packed, expand.act, &m.weight, &m.bias, m.act, &g, &mut y)
+            fused::mbconv_into(x, self.cin, expand, &m.weight, &m.bias, m.act, &g, project, &mut y)
         });
-        done.then_some((y, g.oh(), g.ow()))
+        done.then_some((y, g.oh(), g.ow(), project.is_some()))
     }
 }
 
@@ -511,6 +527,27 @@ mod tests {
             let rows: Vec<String> = mnas_space::count(&arch).layers.into_iter().map(|l| l.name).collect();
             assert_eq!(folded.stage_names(), rows);
         }
+    }
+
+    /// Layers on maps of 32x32 and more, where (on AVX-512) the expansion, depthwise convolution
+    /// and, without an SE, the projection run fused row by row (a separable convolution: the
+    /// depthwise convolution and the projection): the logits of eval mode still.
+    #[test]
+    fn fused_layers_match_eval_mode() {
+        let arch = mnas_space::parse_block_list(
+            "stem16 ds_r1_k3_s1_c16 ir_r2_k3_s1_e6_c24 ir_r1_k5_s2_e3_c32_se0.25 ir_r1_k3_s2_e6_c40 head32",
+        );
+        let mut arch = arch.expect("valid");
+        arch.num_classes = 10;
+        let mut net = Net::new(&arch, NetOptions::default(), 5).expect("valid");
+        let (n, size) = (2, 64);
+        assert!((size / 2) * (size / 2) >= FUSE_MIN_PIXELS, "the first block's maps are fused");
+        let x = values(n * size * size * 3, 9);
+        let want = net.forward_eval(&x, n, size).expect("valid");
+        let got = Folded::of(&net).forward(&x, n, size).expect("valid");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(err < 1e-5, "relative error {err:e}");
     }
 
     /// Maps large enough that a batch-1 layer splits its SE, residual add and fused expansion

@@ -153,7 +153,6 @@ pub(crate) unsafe fn row_from_avx512(
     g: &Dw,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     let (c, k, s, p, w, ow) = (g.c, g.k, g.stride, g.pad(), g.w, g.ow());
     assert!(out.len() == ow * c && wt.len() == k * k * c);
     // Output pixels whose taps all fall inside the row: p <= ox*s and ox*s + k - 1 - p < w.
@@ -164,30 +163,70 @@ pub(crate) unsafe fn row_from_avx512(
     // 5x5 kernel (5 rows x 12 pixels x 192 channels: 46 KB, plus 19 KB of weights) would not fit
     // in L1; a group of 64 channels (15 KB + 6 KB) does.
     for group in (0..c).step_by(CHANNEL_GROUP) {
-        let mut ox = 0;
-        while ox < ow {
-            let inner = ox >= inner_lo && ox + 8 <= inner_hi;
-            let tile = if inner { 8 } else { (ow - ox).min(8) };
-            for cb in (group..(group + CHANNEL_GROUP).min(c)).step_by(16) {
-                let mask: u16 = if c - cb >= 16 { u16::MAX } else { ((1u32 << (c - cb)) - 1) as u16 };
-                let start = match bias {
-                    Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(cb)),
-                    None => _mm512_setzero_ps(),
-                };
-                if inner {
-                    match (k, s) {
-                        (3, 1) => dw_eight::<3, 1>(wt, rows, g, cb, mask, start, act, ox, out),
-                        (3, 2) => dw_eight::<3, 2>(wt, rows, g, cb, mask, start, act, ox, out),
-                        (5, 1) => dw_eight::<5, 1>(wt, rows, g, cb, mask, start, act, ox, out),
-                        (5, 2) => dw_eight::<5, 2>(wt, rows, g, cb, mask, start, act, ox, out),
-                        (7, 1) => dw_eight::<7, 1>(wt, rows, g, cb, mask, start, act, ox, out),
-                        _ => dw_pixels(wt, rows, g, cb, mask, start, act, ox, 8, out),
-                    }
-                } else {
-                    dw_pixels(wt, rows, g, cb, mask, start, act, ox, tile, out);
-                }
+        let channels = group..(group + CHANNEL_GROUP).min(c);
+        let edge = |lo: usize, hi: usize, out: &mut [f32]| {
+            for ox in (lo..hi).step_by(8) {
+                pixels(wt, rows, bias, act, g, channels.clone(), ox, (hi - ox).min(8), false, out);
             }
-            ox += tile;
+        };
+        edge(0, inner_lo, out);
+        if inner_hi - inner_lo >= 8 {
+            // Eight at a time; the last eight end where the interior ends and may overlap the
+            // eight before (recomputed, the same values): edge pixels take the slow path, which
+            // loads every tap on its own and tests its bounds, and with whole tiles of eight from
+            // the row's start a quarter of a 56-wide row took it.
+            let mut ox = inner_lo;
+            loop {
+                pixels(wt, rows, bias, act, g, channels.clone(), ox, 8, true, out);
+                if ox + 8 >= inner_hi {
+                    break;
+                }
+                ox = (ox + 8).min(inner_hi - 8);
+            }
+        } else {
+            edge(inner_lo, inner_hi, out);
+        }
+        edge(inner_hi, ow, out);
+    }
+}
+
+/// Output pixels `ox..ox + count` (at most 8) of the channels `channels`, 16 at a time; `inner`:
+/// all eight pixels' taps fall inside the row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pixels(
+    wt: &[f32],
+    rows: &[InputRow],
+    bias: Option<&[f32]>,
+    act: Act,
+    g: &Dw,
+    channels: std::ops::Range<usize>,
+    ox: usize,
+    count: usize,
+    inner: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let c = g.c;
+    for cb in channels.step_by(16) {
+        let mask: u16 = if c - cb >= 16 { u16::MAX } else { ((1u32 << (c - cb)) - 1) as u16 };
+        let start = match bias {
+            Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(cb)),
+            None => _mm512_setzero_ps(),
+        };
+        if inner {
+            match (g.k, g.stride) {
+                (3, 1) => dw_eight::<3, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                (3, 2) => dw_eight::<3, 2>(wt, rows, g, cb, mask, start, act, ox, out),
+                (5, 1) => dw_eight::<5, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                (5, 2) => dw_eight::<5, 2>(wt, rows, g, cb, mask, start, act, ox, out),
+                (7, 1) => dw_eight::<7, 1>(wt, rows, g, cb, mask, start, act, ox, out),
+                _ => dw_pixels(wt, rows, g, cb, mask, start, act, ox, 8, out),
+            }
+        } else {
+            dw_pixels(wt, rows, g, cb, mask, start, act, ox, count, out);
         }
     }
 }
@@ -418,6 +457,10 @@ mod tests {
             (1, 5, 19, 8, 3, 1),
             (1, 7, 40, 48, 3, 2),
             (1, 2, 2, 33, 5, 2),
+            // An interior of 7 pixels (no tile of eight fits), and a 56-wide row whose last
+            // eight interior pixels overlap the eight before them.
+            (1, 4, 9, 20, 3, 1),
+            (1, 3, 56, 32, 3, 1),
             // More channels than one group: two whole groups and a partial one (masked lanes).
             (1, 6, 21, 152, 5, 1),
             (1, 5, 18, 200, 3, 2),

@@ -70,6 +70,11 @@ impl PackedPointwise {
         self.n
     }
 
+    /// Input channels (the reduction length).
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
     fn forward_on(&self, x: &[f32], act: Act, y: &mut [f32], parallel: bool) {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
