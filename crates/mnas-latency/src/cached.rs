@@ -64,20 +64,22 @@ fn serve_or_measure(
     if !opts.per_layer {
         if let Some(m) = store.get(key)? {
             if m.stats.runs >= opts.runs && m.stable {
-                let Some(then) = m.pace_ms else {
-                    tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
-                    return Ok((m, true));
+                // A row without a pace predates paces: served as it always was, without probing.
+                let slower = match m.pace_ms {
+                    Some(then) => Some(then / pace_now()?),
+                    None => None,
                 };
-                let now = pace_now()?;
-                if then <= now * (1.0 + opts.max_slowdown) {
-                    tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
-                    return Ok((m, true));
+                match slower {
+                    Some(slower) if slower > 1.0 + opts.max_slowdown => tracing::info!(
+                        arch = %m.arch,
+                        slower,
+                        "the stored latency was measured while this machine ran slower than now; measuring again"
+                    ),
+                    _ => {
+                        tracing::info!(arch = %m.arch, median_ms = m.stats.median_ms, "latency from the store");
+                        return Ok((m, true));
+                    }
                 }
-                tracing::info!(
-                    arch = %m.arch,
-                    slower = then / now,
-                    "the stored latency was measured while this machine ran slower than now; measuring again"
-                );
             } else {
                 tracing::info!(
                     stored = m.stats.runs,
