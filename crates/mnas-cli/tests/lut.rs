@@ -162,6 +162,24 @@ fn report_measures_held_out_archs() {
     assert_eq!(again["cached"], 4);
     let text = ok(&args[..args.len() - 1]);
     assert!(text.contains("within +-10%") && text.contains("Kendall tau-b") && text.contains("MACs"), "{text}");
+
+    // Measured twice: the first pass comes from the store, the second is measured anew, and the
+    // noise ceiling is the second against the first.
+    let twice: Vec<&str> = args.iter().copied().chain(["--measure-twice"]).collect();
+    let json: serde_json::Value = serde_json::from_str(&ok(&twice)).expect("JSON");
+    assert_eq!(json["cached"], 4);
+    let rows = json["rows"].as_array().expect("rows");
+    let pairs: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (r["measured"].as_f64().unwrap_or(f64::NAN), r["measured_again"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    assert!(pairs.iter().all(|&(m, a)| m > 0.0 && a > 0.0), "{pairs:?}");
+    assert_ne!(rows[0]["measured"], again["rows"][0]["measured_again"], "no second measurement without the flag");
+    let within = pairs.iter().filter(|(m, a)| ((a - m) / m).abs() <= 0.10).count() as f64 / pairs.len() as f64;
+    assert_eq!(json["measured_again"]["within_10pct"].as_f64(), Some(within), "{}", json["measured_again"]);
+    let text_twice: Vec<&str> = args[..args.len() - 1].iter().copied().chain(["--measure-twice"]).collect();
+    let text = ok(&text_twice);
+    assert!(text.contains("measured again:") && text.contains("noise ceiling"), "{text}");
 }
 
 #[test]

@@ -89,6 +89,10 @@ pub struct FitPoint {
     pub arch: String,
     pub layer_sum_ms: f64,
     pub measured_ms: f64,
+    /// Left out of the fit: its measurement sat far off the line the others draw (a slow spell
+    /// of the machine read 1.6-1.9x on four of 50 archs and pulled the line off).
+    #[serde(default)]
+    pub excluded: bool,
 }
 
 /// `measured ~ a * layer_sum + b`: what timing stages one at a time misses (the memory traffic
@@ -106,21 +110,35 @@ pub struct OverheadFit {
 }
 
 impl OverheadFit {
-    /// Least squares through `(layer_sum, measured)` points; with every sum equal (no slope to
-    /// fit) the fit is a pure offset.
-    pub fn least_squares(points: Vec<FitPoint>, seed: u64, runs: usize) -> LutResult<OverheadFit> {
+    /// Least squares through `(layer_sum, measured)` points, then again without the points far
+    /// off the line (more than [`OUTLIER_SPREADS`] robust spreads of the log ratio, at least
+    /// [`OUTLIER_FLOOR`]), which stay listed as excluded; at least half the points are always
+    /// kept. With every sum equal (no slope to fit) the fit is a pure offset.
+    pub fn least_squares(mut points: Vec<FitPoint>, seed: u64, runs: usize) -> LutResult<OverheadFit> {
         if points.len() < 2 {
             return Err(LutError::Option(format!("the overhead fit needs at least 2 archs, got {}", points.len())));
         }
-        let n = points.len() as f64;
-        let mx = points.iter().map(|p| p.layer_sum_ms).sum::<f64>() / n;
-        let my = points.iter().map(|p| p.measured_ms).sum::<f64>() / n;
-        let sxx: f64 = points.iter().map(|p| (p.layer_sum_ms - mx).powi(2)).sum();
-        let sxy: f64 = points.iter().map(|p| (p.layer_sum_ms - mx) * (p.measured_ms - my)).sum();
-        let a = if sxx > 1e-12 * mx.abs().max(1.0) { sxy / sxx } else { 1.0 };
-        let b_ms = my - a * mx;
-        let rmse_ms =
-            (points.iter().map(|p| (a * p.layer_sum_ms + b_ms - p.measured_ms).powi(2)).sum::<f64>() / n).sqrt();
+        points.iter_mut().for_each(|p| p.excluded = false);
+        let mut line = line_through(&points);
+        for _ in 0..3 {
+            let off: Vec<f64> = points.iter().map(|p| log_ratio(p, line)).collect();
+            let mut sorted = off.clone();
+            sorted.sort_by(f64::total_cmp);
+            // 1.4826 x the median absolute deviation: the standard deviation of a normal spread.
+            let spread = 1.4826 * sorted[sorted.len() / 2];
+            let limit = (OUTLIER_SPREADS * spread).max(OUTLIER_FLOOR);
+            let keep = off.iter().filter(|&&d| d <= limit).count();
+            if keep * 2 < points.len() {
+                break;
+            }
+            points.iter_mut().zip(&off).for_each(|(p, &d)| p.excluded = d > limit);
+            line = line_through(&points);
+        }
+        let (a, b_ms) = line;
+        let kept: Vec<&FitPoint> = points.iter().filter(|p| !p.excluded).collect();
+        let rmse_ms = (kept.iter().map(|p| (a * p.layer_sum_ms + b_ms - p.measured_ms).powi(2)).sum::<f64>()
+            / kept.len() as f64)
+            .sqrt();
         Ok(OverheadFit { a, b_ms, rmse_ms, seed, runs, points })
     }
 
@@ -133,7 +151,7 @@ impl OverheadFit {
         let smallest = self
             .points
             .iter()
-            .filter(|p| p.layer_sum_ms > 0.0)
+            .filter(|p| p.layer_sum_ms > 0.0 && !p.excluded)
             .min_by(|p, q| p.layer_sum_ms.total_cmp(&q.layer_sum_ms));
         match smallest {
             Some(p) if layer_sum_ms < p.layer_sum_ms => {
@@ -143,6 +161,34 @@ impl OverheadFit {
             }
             _ => linear(layer_sum_ms),
         }
+    }
+}
+
+/// A fit point further off the line than this many robust spreads is left out.
+pub const OUTLIER_SPREADS: f64 = 4.0;
+/// ... but never one within this log ratio of the line (about 10 %).
+pub const OUTLIER_FLOOR: f64 = 0.1;
+
+/// `(a, b)` of the least-squares line through the points not excluded.
+fn line_through(points: &[FitPoint]) -> (f64, f64) {
+    let kept: Vec<&FitPoint> = points.iter().filter(|p| !p.excluded).collect();
+    let n = kept.len() as f64;
+    let mx = kept.iter().map(|p| p.layer_sum_ms).sum::<f64>() / n;
+    let my = kept.iter().map(|p| p.measured_ms).sum::<f64>() / n;
+    let sxx: f64 = kept.iter().map(|p| (p.layer_sum_ms - mx).powi(2)).sum();
+    let sxy: f64 = kept.iter().map(|p| (p.layer_sum_ms - mx) * (p.measured_ms - my)).sum();
+    let a = if sxx > 1e-12 * mx.abs().max(1.0) { sxy / sxx } else { 1.0 };
+    (a, my - a * mx)
+}
+
+/// How far `p` lies off `line`: |ln(measured / predicted)| (infinite where the line predicts
+/// nothing positive).
+fn log_ratio(p: &FitPoint, (a, b): (f64, f64)) -> f64 {
+    let predicted = a * p.layer_sum_ms + b;
+    if predicted > 0.0 && p.measured_ms > 0.0 {
+        (p.measured_ms / predicted).ln().abs()
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -459,24 +505,58 @@ mod tests {
     /// stays positive below its points: there it scales from the line at the smallest point.
     #[test]
     fn below_its_points_the_fit_scales_in_proportion() {
-        let point =
-            |sum: f64, measured: f64| FitPoint { arch: String::new(), layer_sum_ms: sum, measured_ms: measured };
+        let point = |sum: f64, measured: f64| FitPoint {
+            arch: String::new(),
+            layer_sum_ms: sum,
+            measured_ms: measured,
+            excluded: false,
+        };
         let fit = OverheadFit::least_squares(vec![point(1.0, 0.5), point(2.0, 1.6), point(3.0, 2.7)], 0, 1).unwrap();
         assert!(fit.b_ms < 0.0 && fit.a * 0.2 + fit.b_ms < 0.0, "{fit:?}");
         assert!((fit.apply(0.2) - 0.5 * 0.2).abs() < 1e-12, "the line gives 0.5 at sum 1: ratio 0.5");
         assert!((fit.apply(2.5) - (fit.a * 2.5 + fit.b_ms)).abs() < 1e-12, "inside the points: the line");
     }
 
+    /// Archs measured in a slow spell of the machine (1.6-1.9x) are left out, and the line
+    /// through the others is the one without them; ordinary scatter of a few percent stays in.
+    #[test]
+    fn measurements_far_off_the_line_are_left_out_of_the_fit() {
+        let points: Vec<FitPoint> = (0..40)
+            .map(|i| {
+                let sum = 3.0 + 0.3 * i as f64;
+                // +-3 % scatter around 1.05 x sum + 0.4, and three archs read 1.6-1.9x slow.
+                let scatter = [1.0, 1.03, 0.97, 1.01, 0.99][i % 5];
+                let slow = match i {
+                    7 => 1.6,
+                    21 => 1.9,
+                    33 => 1.75,
+                    _ => 1.0,
+                };
+                let measured_ms = (1.05 * sum + 0.4) * scatter * slow;
+                FitPoint { arch: format!("a{i}"), layer_sum_ms: sum, measured_ms, excluded: false }
+            })
+            .collect();
+        let fit = OverheadFit::least_squares(points, 0, 1).unwrap();
+        let excluded: Vec<&str> = fit.points.iter().filter(|p| p.excluded).map(|p| p.arch.as_str()).collect();
+        assert_eq!(excluded, ["a7", "a21", "a33"], "{fit:?}");
+        assert!((fit.a - 1.05).abs() < 0.03 && (fit.b_ms - 0.4).abs() < 0.3, "{fit:?}");
+        let all_in = OverheadFit {
+            points: fit.points.iter().map(|p| FitPoint { excluded: false, ..p.clone() }).collect(),
+            ..fit
+        };
+        assert!(line_through(&all_in.points).0 > 1.1, "with them the slope is pulled up");
+    }
+
     #[test]
     fn least_squares_recovers_a_line() {
         let points: Vec<FitPoint> = [10.0, 20.0, 35.0]
             .iter()
-            .map(|&s| FitPoint { arch: String::new(), layer_sum_ms: s, measured_ms: 1.5 * s + 2.0 })
+            .map(|&s| FitPoint { arch: String::new(), layer_sum_ms: s, measured_ms: 1.5 * s + 2.0, excluded: false })
             .collect();
         let fit = OverheadFit::least_squares(points, 0, 1).unwrap();
         assert!((fit.a - 1.5).abs() < 1e-9 && (fit.b_ms - 2.0).abs() < 1e-9 && fit.rmse_ms < 1e-9, "{fit:?}");
         assert!((fit.apply(100.0) - 152.0).abs() < 1e-9);
-        let one = vec![FitPoint { arch: String::new(), layer_sum_ms: 1.0, measured_ms: 1.0 }];
+        let one = vec![FitPoint { arch: String::new(), layer_sum_ms: 1.0, measured_ms: 1.0, excluded: false }];
         assert!(OverheadFit::least_squares(one, 0, 1).is_err());
     }
 

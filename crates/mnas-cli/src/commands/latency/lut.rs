@@ -196,6 +196,11 @@ pub struct ReportArgs {
     pub any_device: bool,
     #[command(flatten)]
     pub ort: OrtLibArg,
+    /// Measure every arch a second time (fresh, after the first pass over all of them) and
+    /// report how well the two measurements agree: the most any predictor can score against
+    /// one measurement on this machine now. Doubles the time.
+    #[arg(long)]
+    pub measure_twice: bool,
     /// Print the report as JSON (with every arch's prediction and measurement).
     #[arg(long)]
     pub json: bool,
@@ -337,11 +342,13 @@ fn build(args: BuildLutArgs) -> Result<()> {
         r = lut.resolution
     );
     println!("sum of all entry medians: {layer_ms:.1} ms");
+    let excluded = fit.points.iter().filter(|p| p.excluded).count();
     println!(
-        "overhead fit on {} archs (seed {}, {} runs each): measured = {:.4} x layer sum {} {:.3} ms (RMSE {:.3} ms)",
+        "overhead fit on {} archs (seed {}, {} runs each{}): measured = {:.4} x layer sum {} {:.3} ms (RMSE {:.3} ms)",
         fit.points.len(),
         fit.seed,
         fit.runs,
+        if excluded > 0 { format!("; {excluded} left out, measured far off the line") } else { String::new() },
         fit.a,
         if fit.b_ms < 0.0 { "-" } else { "+" },
         fit.b_ms.abs(),
@@ -490,6 +497,7 @@ fn report(args: ReportArgs) -> Result<()> {
             cv: m.stats.cv,
             macs,
             predict_us,
+            measured_again: None,
         });
         if let Some(b) = &progress {
             b.inc(1);
@@ -498,10 +506,27 @@ fn report(args: ReportArgs) -> Result<()> {
     if let Some(b) = &progress {
         b.finish_and_clear();
     }
+    if args.measure_twice {
+        let progress = bar(archs.len() as u64, "measuring again", "archs");
+        for (arch, row) in archs.iter().zip(&mut rows) {
+            row.measured_again = Some(mnas_latency::measure_on(engine, arch, &opts, &|_| {})?.stats.median_ms);
+            if let Some(b) = &progress {
+                b.inc(1);
+            }
+        }
+        if let Some(b) = &progress {
+            b.finish_and_clear();
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     let col = |f: fn(&Row) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
     let measured = col(|r| r.measured);
     let acc = Accuracy::of(&col(|r| r.predicted), &col(|r| r.layer_sum), &col(|r| r.macs as f64), &measured);
+    // The second measurement "predicting" the first: what a perfect predictor would score.
+    let ceiling = args.measure_twice.then(|| {
+        let again = col(|r| r.measured_again.unwrap_or(f64::NAN));
+        Accuracy::of(&again, &again, &col(|r| r.macs as f64), &measured)
+    });
     let mean_predict_us = rows.iter().map(|r| r.predict_us).sum::<f64>() / rows.len().max(1) as f64;
     // Back to back, as a search scores a step's candidates: each call above ran cold, right after
     // an end-to-end measurement had evicted the table from the caches.
@@ -516,7 +541,8 @@ fn report(args: ReportArgs) -> Result<()> {
     if args.json {
         let out = serde_json::json!({
             "lut": args.lut, "seed": args.seed, "runs": args.runs, "archs": rows.len(), "cached": cached_count,
-            "seconds": seconds, "mean_predict_us": mean_predict_us, "warm_predict_us": warm_predict_us, "accuracy": acc, "rows": rows,
+            "seconds": seconds, "mean_predict_us": mean_predict_us, "warm_predict_us": warm_predict_us, "accuracy": acc,
+            "measured_again": ceiling, "rows": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -541,6 +567,14 @@ fn report(args: ReportArgs) -> Result<()> {
         tau(acc.tau_layer_sum)
     );
     println!("MACs:           Kendall tau-b {} vs measured latency", tau(acc.tau_macs));
+    if let Some(c) = &ceiling {
+        println!(
+            "measured again: {:.1}% within +-10% of the first measurement, Kendall tau-b {} (the noise ceiling: \
+             no predictor scores higher against one measurement on this machine now)",
+            100.0 * c.within_10pct,
+            tau(c.tau_prediction)
+        );
+    }
     println!(
         "prediction time: {warm_predict_us:.1} µs per arch back to back ({} predictions), {mean_predict_us:.1} µs \
          cold (mean, each right after a measurement)",
@@ -558,4 +592,7 @@ struct Row {
     cv: f64,
     macs: u64,
     predict_us: f64,
+    /// The second measurement of `--measure-twice`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured_again: Option<f64>,
 }
