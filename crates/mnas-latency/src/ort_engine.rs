@@ -231,10 +231,9 @@ impl StageTimer for OrtEngine {
         let (c, s) = (channels as usize, size as usize);
         let values = crate::lut_build::stage_input(c * s * s);
         let input = Tensor::from_array(([1, c, s, s], values)).map_err(ort_error)?;
-        let caches = crate::lut_build::CacheEviction::new();
         let mut once = || -> Result<f64> {
-            // Weights cold, input warm, as inside a network (see `CacheEviction`).
-            caches.evict();
+            // Weights cold, input warm, as inside a network (see `evict_caches`).
+            crate::lut_build::evict_caches();
             let (_, data) = input.try_extract_tensor::<f32>().map_err(ort_error)?;
             std::hint::black_box(data.iter().step_by(16).sum::<f32>());
             let start = std::time::Instant::now();
