@@ -164,7 +164,7 @@ fn report_measures_held_out_archs() {
     assert!(text.contains("within +-10%") && text.contains("Kendall tau-b") && text.contains("MACs"), "{text}");
 
     // Measured twice: the first pass comes from the store, the second is measured anew, and the
-    // noise ceiling is the second against the first.
+    // repeat's agreement is the second against the first.
     let twice: Vec<&str> = args.iter().copied().chain(["--measure-twice"]).collect();
     let json: serde_json::Value = serde_json::from_str(&ok(&twice)).expect("JSON");
     assert_eq!(json["cached"], 4);
@@ -179,7 +179,7 @@ fn report_measures_held_out_archs() {
     assert_eq!(json["measured_again"]["within_10pct"].as_f64(), Some(within), "{}", json["measured_again"]);
     let text_twice: Vec<&str> = args[..args.len() - 1].iter().copied().chain(["--measure-twice"]).collect();
     let text = ok(&text_twice);
-    assert!(text.contains("measured again:") && text.contains("noise ceiling"), "{text}");
+    assert!(text.contains("measured again:") && text.contains("own noise"), "{text}");
 }
 
 #[test]

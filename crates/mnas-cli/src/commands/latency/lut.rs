@@ -197,8 +197,8 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub ort: OrtLibArg,
     /// Measure every arch a second time (fresh, after the first pass over all of them) and
-    /// report how well the two measurements agree: the most any predictor can score against
-    /// one measurement on this machine now. Doubles the time.
+    /// report how well the two measurements agree: how much of a table's miss is the
+    /// measurement's own noise on this machine now. Doubles the time.
     #[arg(long)]
     pub measure_twice: bool,
     /// Print the report as JSON (with every arch's prediction and measurement).
@@ -522,8 +522,8 @@ fn report(args: ReportArgs) -> Result<()> {
     let col = |f: fn(&Row) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
     let measured = col(|r| r.measured);
     let acc = Accuracy::of(&col(|r| r.predicted), &col(|r| r.layer_sum), &col(|r| r.macs as f64), &measured);
-    // The second measurement "predicting" the first: what a perfect predictor would score.
-    let ceiling = args.measure_twice.then(|| {
+    // The second measurement "predicting" the first: how far one measurement is from another.
+    let repeat = args.measure_twice.then(|| {
         let again = col(|r| r.measured_again.unwrap_or(f64::NAN));
         Accuracy::of(&again, &again, &col(|r| r.macs as f64), &measured)
     });
@@ -542,7 +542,7 @@ fn report(args: ReportArgs) -> Result<()> {
         let out = serde_json::json!({
             "lut": args.lut, "seed": args.seed, "runs": args.runs, "archs": rows.len(), "cached": cached_count,
             "seconds": seconds, "mean_predict_us": mean_predict_us, "warm_predict_us": warm_predict_us, "accuracy": acc,
-            "measured_again": ceiling, "rows": rows,
+            "measured_again": repeat, "rows": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -567,10 +567,10 @@ fn report(args: ReportArgs) -> Result<()> {
         tau(acc.tau_layer_sum)
     );
     println!("MACs:           Kendall tau-b {} vs measured latency", tau(acc.tau_macs));
-    if let Some(c) = &ceiling {
+    if let Some(c) = &repeat {
         println!(
-            "measured again: {:.1}% within +-10% of the first measurement, Kendall tau-b {} (the noise ceiling: \
-             no predictor scores higher against one measurement on this machine now)",
+            "measured again: {:.1}% within +-10% of the first measurement, Kendall tau-b {} (the measurement's \
+             own noise: a table scoring near this is as good as one measurement here now)",
             100.0 * c.within_10pct,
             tau(c.tau_prediction)
         );
