@@ -8,7 +8,6 @@ use mnas_engine::params::Role;
 use mnas_engine::{Net, NetOptions};
 use mnas_model::backend::CpuTrain;
 use mnas_model::burn::module::AutodiffModule;
-use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::burn::tensor::{DType, Tensor, TensorData};
 use mnas_model::train::smoothed_cross_entropy;
 use mnas_model::weights::{visit, Slot};
@@ -67,8 +66,7 @@ fn compare(arch: &Arch, stem_stride: usize, size: usize, tolerance: Tolerance) -
     let labels_u: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
 
     let device = Default::default();
-    B::seed(&device, 7);
-    let mut model = MnasNet::<B>::new(arch, &device).expect("valid arch");
+    let mut model = MnasNet::<B>::seeded(arch, &device, 7).expect("valid arch");
     model.conv_stem.stride = stem_stride;
     let options = NetOptions { stem_stride, ..NetOptions::default() };
     let mut net = Net::new(arch, options, 1).expect("valid arch");

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use mnas_export::{write_onnx, Batch, ExportError, ExportOptions};
 use mnas_model::backend::Cpu;
-use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::{MnasNet, ModelError};
 use mnas_space::{Arch, SpaceError};
 use thiserror::Error;
@@ -118,8 +117,7 @@ impl EngineCommand {
         let dir = TempDir::new()?;
         let model = dir.path.join("model.onnx");
         let device = Default::default();
-        Cpu::seed(&device, opts.seed);
-        let net = MnasNet::<Cpu>::new(arch, &device)?;
+        let net = MnasNet::<Cpu>::seeded(arch, &device, opts.seed)?;
         let batch = u32::try_from(opts.batch).unwrap_or(u32::MAX);
         write_onnx(&net, &ExportOptions { batch: Batch::Fixed(batch), resolution: None }, &model)?;
         drop(net);

@@ -173,8 +173,7 @@ impl LocalEngine for OrtEngine {
 
     fn build(&self, arch: &Arch, opts: &MeasureOptions, cores: &[usize]) -> Result<Box<dyn Runnable>> {
         let device = Default::default();
-        Cpu::seed(&device, opts.seed);
-        let model = MnasNet::<Cpu>::new(arch, &device)?;
+        let model = MnasNet::<Cpu>::seeded(arch, &device, opts.seed)?;
         let export = ExportOptions { batch: Batch::Fixed(opts.batch as u32), ..ExportOptions::default() };
         let bytes = export_onnx(&model, &export).map_err(|e| LatencyError::Engine(e.to_string()))?;
         drop(model);
@@ -271,8 +270,7 @@ mod tests {
             arch.resolution = 64;
             arch.num_classes = 10;
             let device = Default::default();
-            Cpu::seed(&device, 7);
-            let model = MnasNet::<Cpu>::new(&arch, &device).unwrap();
+            let model = MnasNet::<Cpu>::seeded(&arch, &device, 7).unwrap();
             let run = |bytes: Vec<u8>, x: (Vec<usize>, Vec<f32>)| -> (Vec<usize>, Vec<f32>) {
                 let mut session = engine.session(&bytes, 1, &crate::pin::allowed_cores().unwrap()).unwrap();
                 let input = Tensor::from_array((x.0, x.1)).unwrap();

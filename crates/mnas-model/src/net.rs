@@ -105,9 +105,32 @@ pub struct MnasNet<B: Backend> {
     pub arch: Arch,
 }
 
+/// Held while a thread draws a network's initial weights (and seeds burn's RNG before them): the
+/// backend keeps one RNG per process, so two threads building at once would draw from each other's
+/// stream and get weights that depend on timing (the burn parity test failed a CI run that way).
+/// Draws made elsewhere (dropout in a training step) still interleave.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn init_lock() -> std::sync::MutexGuard<'static, ()> {
+    INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl<B: Backend> MnasNet<B> {
+    /// The network [`MnasNet::new`] builds after seeding the backend with `seed`: the same weights
+    /// for the same seed, whatever other threads build at the same time.
+    pub fn seeded(arch: &Arch, device: &B::Device, seed: u64) -> Result<Self, ModelError> {
+        let _init = init_lock();
+        B::seed(device, seed);
+        Self::draw(arch, device)
+    }
+
     /// Builds a randomly initialised network (timm's init) for a valid `arch`.
     pub fn new(arch: &Arch, device: &B::Device) -> Result<Self, ModelError> {
+        let _init = init_lock();
+        Self::draw(arch, device)
+    }
+
+    fn draw(arch: &Arch, device: &B::Device) -> Result<Self, ModelError> {
         arch.validate()?;
         let stem = arch.stem_out();
         let head_in = arch.head_in();

@@ -310,10 +310,9 @@ pub fn train_from<B: AutodiffBackend>(
     let mut arch = arch.clone();
     arch.num_classes = data.classes.len() as u32;
     arch.resolution = data.train.size as u32;
-    B::seed(device, cfg.seed);
     let (mut model, ema_start, optim_state, first_epoch) = match resume {
         Some(r) => (r.model, r.ema, r.optimizer, r.first_epoch),
-        None => (MnasNet::<B>::new(&arch, device)?, None, None, 0),
+        None => (MnasNet::<B>::seeded(&arch, device, cfg.seed)?, None, None, 0),
     };
     let mut optim_sgd = SgdConfig::new()
         .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: true }))

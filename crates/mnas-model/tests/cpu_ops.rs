@@ -67,10 +67,7 @@ fn training_step_with_cpu_kernels_matches_generic_ops() {
     arch.dropout = 0.0;
     let dev = Default::default();
     // Two identical models: the running statistics are shared state that a step updates.
-    let fresh = || {
-        <B as mnas_model::burn::tensor::backend::Backend>::seed(&dev, 7);
-        MnasNet::<B>::new(&arch, &dev).unwrap()
-    };
+    let fresh = || MnasNet::<B>::seeded(&arch, &dev, 7).unwrap();
     let x = || Tensor::<B, 4>::from_data(TensorData::new(batch.images.clone(), [n, 3, 32, 32]), &dev);
 
     cpu_ops::set_enabled(true);

@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use mnas_export::{write_onnx, Batch, ExportOptions, INPUT, OPSET, OUTPUT};
 use mnas_model::backend::Cpu;
-use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::{weights, MnasNet};
 
 use crate::spec::{resolve, ArchOverrides};
@@ -47,8 +46,7 @@ pub fn run(cmd: ExportCommand) -> Result<()> {
             // Fail on a bad --out before any work.
             mnas_export::file::check_target(&out)?;
             let device = Default::default();
-            Cpu::seed(&device, seed);
-            let mut model = MnasNet::<Cpu>::new(&arch, &device)?;
+            let mut model = MnasNet::<Cpu>::seeded(&arch, &device, seed)?;
             if let Some(path) = &weights_path {
                 let name = arch.name.as_deref().unwrap_or("this architecture");
                 weights::load(&mut model, path, &device)

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use mnas_model::backend::Cpu;
-use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::{weights, MnasNet};
 
 use crate::spec::{resolve, ArchOverrides};
@@ -62,8 +61,7 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
         }
         WeightsCommand::Init { arch, overrides, out, seed } => {
             let arch = resolve(&arch, &overrides)?;
-            Cpu::seed(&device, seed);
-            let model = MnasNet::<Cpu>::new(&arch, &device)?;
+            let model = MnasNet::<Cpu>::seeded(&arch, &device, seed)?;
             check_out_dir(&out)?;
             weights::save(&model, &out)?;
             println!("initialised {} params -> {}", thousands(model.trainable_params() as u64), out.display());

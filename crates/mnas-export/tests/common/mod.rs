@@ -4,7 +4,6 @@
 
 use mnas_model::backend::Cpu;
 use mnas_model::burn::module::{Param, RunningState};
-use mnas_model::burn::tensor::backend::Backend;
 use mnas_model::burn::tensor::{Distribution, Tensor};
 use mnas_model::layers::{BatchNorm, Conv2d};
 use mnas_model::MnasNet;
@@ -37,8 +36,7 @@ fn bias(c: &mut Conv2d<Cpu>, device: &Device) {
 /// parameters with BN eps `eps`, and random SE and classifier biases.
 pub fn random_model(arch: &Arch, seed: u64, eps: f64) -> MnasNet<Cpu> {
     let device = Device::default();
-    Cpu::seed(&device, seed);
-    let mut m = MnasNet::<Cpu>::new(arch, &device).expect("test archs are valid");
+    let mut m = MnasNet::<Cpu>::seeded(arch, &device, seed).expect("test archs are valid");
     bn(&mut m.bn1, eps, &device);
     bn(&mut m.bn2, eps, &device);
     for l in &mut m.blocks {
