@@ -136,6 +136,8 @@ fn report_measures_held_out_archs() {
         // Nor is it about the pace: one timed while the other tests run reads slow.
         "--max-slowdown",
         "inf",
+        "--passes",
+        "1",
         "--json",
     ];
     let json: serde_json::Value = serde_json::from_str(&ok(&args)).expect("JSON");
@@ -163,23 +165,45 @@ fn report_measures_held_out_archs() {
     let text = ok(&args[..args.len() - 1]);
     assert!(text.contains("within +-10%") && text.contains("Kendall tau-b") && text.contains("MACs"), "{text}");
 
-    // Measured twice: the first pass comes from the store, the second is measured anew, and the
-    // repeat's agreement is the second against the first.
-    let twice: Vec<&str> = args.iter().copied().chain(["--measure-twice"]).collect();
-    let json: serde_json::Value = serde_json::from_str(&ok(&twice)).expect("JSON");
-    assert_eq!(json["cached"], 4);
+    // Three passes: the first comes from the store, the others are measured anew; a row's figure
+    // is the median of its passes, and the table is also judged against each pass alone.
+    let three: Vec<&str> =
+        args.iter().copied().take_while(|&a| a != "--passes").chain(["--passes", "3", "--json"]).collect();
+    let json: serde_json::Value = serde_json::from_str(&ok(&three)).expect("JSON");
+    assert_eq!((json["cached"].as_u64(), json["passes"].as_u64()), (Some(4), Some(3)), "{json}");
     let rows = json["rows"].as_array().expect("rows");
-    let pairs: Vec<(f64, f64)> = rows
+    let passes: Vec<Vec<f64>> = rows
         .iter()
-        .map(|r| (r["measured"].as_f64().unwrap_or(f64::NAN), r["measured_again"].as_f64().unwrap_or(f64::NAN)))
+        .map(|r| r["passes"].as_array().expect("passes").iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect())
         .collect();
-    assert!(pairs.iter().all(|&(m, a)| m > 0.0 && a > 0.0), "{pairs:?}");
-    assert_ne!(rows[0]["measured"], again["rows"][0]["measured_again"], "no second measurement without the flag");
-    let within = pairs.iter().filter(|(m, a)| ((a - m) / m).abs() <= 0.10).count() as f64 / pairs.len() as f64;
-    assert_eq!(json["measured_again"]["within_10pct"].as_f64(), Some(within), "{}", json["measured_again"]);
-    let text_twice: Vec<&str> = args[..args.len() - 1].iter().copied().chain(["--measure-twice"]).collect();
-    let text = ok(&text_twice);
-    assert!(text.contains("measured again:") && text.contains("own noise"), "{text}");
+    for (row, p) in rows.iter().zip(&passes) {
+        assert!(p.len() == 3 && p.iter().all(|&v| v > 0.0), "{row}");
+        let mut sorted = p.clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(row["measured"].as_f64(), Some(sorted[1]), "the median of the passes: {row}");
+    }
+    assert_eq!(rows[0]["passes"][0], again["rows"][0]["measured"], "the first pass is the stored measurement");
+    // Pass agreement: every later pass against every earlier one, averaged over the 3 pairs.
+    let within = |earlier: usize, later: usize| {
+        passes.iter().filter(|p| ((p[later] - p[earlier]) / p[earlier]).abs() <= 0.10).count() as f64
+            / passes.len() as f64
+    };
+    let mean = (within(0, 1) + within(0, 2) + within(1, 2)) / 3.0;
+    let agreement = &json["pass_agreement"];
+    assert_eq!(agreement["pairs"], 3, "{agreement}");
+    assert!((agreement["within_10pct"].as_f64().unwrap_or(f64::NAN) - mean).abs() < 1e-12, "{agreement} vs {mean}");
+    assert_eq!(json["per_pass"].as_array().map(Vec::len), Some(3));
+    let text: Vec<&str> = three[..three.len() - 1].to_vec();
+    let text = ok(&text);
+    assert!(
+        text.contains("median of 3 passes")
+            && text.contains("one pass against another")
+            && text.contains("each pass alone"),
+        "{text}"
+    );
+    // One pass has no agreement to report.
+    let one: serde_json::Value = serde_json::from_str(&ok(&args)).expect("JSON");
+    assert!(one["pass_agreement"].is_null() && one["per_pass"].as_array().map(Vec::len) == Some(1), "{one}");
 }
 
 #[test]
@@ -219,6 +243,10 @@ fn bad_input_is_one_clear_error() {
     let fit_seed = lut.fit.as_ref().unwrap().seed.to_string();
     assert_clean_error(&["latency", "lut-report", "--lut", p, "--seed", &fit_seed], "fit seed");
     assert_clean_error(&["latency", "build-lut", "--runs", "0", "--out", path_str(&scratch("x.json"))], "runs");
+    let x = scratch("x.json");
+    assert_clean_error(&["latency", "build-lut", "--fit-passes", "0", "--out", path_str(&x)], "fit passes");
+    let zero_passes = ["latency", "lut-report", "--lut", p, "--passes", "0"];
+    common::assert_error(&mnas(&zero_passes), &zero_passes, "--passes", false);
     // `mnas latency` still wants --arch without a subcommand.
     common::assert_error(&mnas(&["latency"]), &["latency"], "required arguments", false);
 }

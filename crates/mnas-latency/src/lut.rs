@@ -88,6 +88,7 @@ pub struct LutEntry {
 pub struct FitPoint {
     pub arch: String,
     pub layer_sum_ms: f64,
+    /// The median of the fit's passes over its archs.
     pub measured_ms: f64,
     /// Left out of the fit: its measurement sat far off the line the others draw (a slow spell
     /// of the machine read 1.6-1.9x on four of 50 archs and pulled the line off).
@@ -106,7 +107,15 @@ pub struct OverheadFit {
     /// Seed of [`mnas_space::SearchSpace::sample`] that drew the fit archs.
     pub seed: u64,
     pub runs: usize,
+    /// Passes over the fit archs, each measuring every one of them (1 in tables built before
+    /// passes existed).
+    #[serde(default = "one_pass")]
+    pub passes: usize,
     pub points: Vec<FitPoint>,
+}
+
+fn one_pass() -> usize {
+    1
 }
 
 impl OverheadFit {
@@ -139,7 +148,7 @@ impl OverheadFit {
         let rmse_ms = (kept.iter().map(|p| (a * p.layer_sum_ms + b_ms - p.measured_ms).powi(2)).sum::<f64>()
             / kept.len() as f64)
             .sqrt();
-        Ok(OverheadFit { a, b_ms, rmse_ms, seed, runs, points })
+        Ok(OverheadFit { a, b_ms, rmse_ms, seed, runs, passes: 1, points })
     }
 
     /// The predicted end-to-end latency: the line inside and above the fit archs' layer sums.

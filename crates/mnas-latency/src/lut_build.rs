@@ -23,7 +23,7 @@ use crate::lut::{
     head_key, layer_key, stage_keys, stem_key, FitPoint, Lut, LutEntry, LutError, LutResult, OverheadFit, LUT_FORMAT,
 };
 use crate::measure::{self, BuiltIn, LocalEngine, MeasureOptions};
-use crate::stats::Stats;
+use crate::stats::{median, Stats};
 use mnas_space::timestamp::utc_now;
 
 /// What one LUT entry times.
@@ -83,6 +83,10 @@ pub struct LutOptions {
     pub fit_seed: u64,
     /// Timed runs per fit arch.
     pub fit_runs: usize,
+    /// Passes over the fit archs; each arch's point is the median of its passes. A measurement
+    /// lasts a fraction of a second and lands in whatever speed the machine has then (a VM's
+    /// moves by 10-20 % in spells of seconds); passes a minute apart average the spells out.
+    pub fit_passes: usize,
     /// Seed of the random weights and inputs (and of the order entries are timed in).
     pub seed: u64,
     /// An entry whose spread (CV) exceeds this is timed again, up to twice; the tightest is kept.
@@ -100,6 +104,7 @@ impl Default for LutOptions {
             fit_archs: 50,
             fit_seed: 1,
             fit_runs: 20,
+            fit_passes: 3,
             seed: 0,
             max_cv: 0.05,
         }
@@ -125,6 +130,9 @@ impl LutOptions {
         self.measure_options(self.fit_runs).validate()?;
         if !(self.max_cv.is_finite() && self.max_cv > 0.0) {
             return Err(LutError::Option(format!("the spread limit (CV) must be > 0, got {}", self.max_cv)));
+        }
+        if !(1..=20).contains(&self.fit_passes) {
+            return Err(LutError::Option(format!("the fit passes must be 1 to 20, got {}", self.fit_passes)));
         }
         if self.fit_archs < 2 {
             return Err(LutError::Option(format!("the overhead fit needs at least 2 archs, got {}", self.fit_archs)));
@@ -550,17 +558,25 @@ fn fit_overhead(
     progress: &(dyn Fn(LutProgress) + Sync),
 ) -> LutResult<OverheadFit> {
     let archs = fit_archs(space, opts);
-    let total = archs.len();
+    let total = archs.len() * opts.fit_passes;
     progress(LutProgress::Fit { done: 0, total });
-    let mut points = Vec::with_capacity(total);
-    for (i, arch) in archs.iter().enumerate() {
-        let (layer_sum_ms, _) = lut.layer_sum(arch)?;
-        let m = measure::measure_on(engine, arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
-        tracing::debug!(arch = %m.arch, layer_sum_ms, measured_ms = m.stats.median_ms, "fit point");
-        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: m.stats.median_ms, excluded: false });
-        progress(LutProgress::Fit { done: i + 1, total });
+    let mut measured: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.fit_passes); archs.len()];
+    for pass in 0..opts.fit_passes {
+        for (i, arch) in archs.iter().enumerate() {
+            let m = measure::measure_on(engine, arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
+            tracing::debug!(arch = %m.arch, pass, measured_ms = m.stats.median_ms, "fit measurement");
+            measured[i].push(m.stats.median_ms);
+            progress(LutProgress::Fit { done: pass * archs.len() + i + 1, total });
+        }
     }
-    OverheadFit::least_squares(points, opts.fit_seed, opts.fit_runs)
+    let mut points = Vec::with_capacity(archs.len());
+    for (arch, ms) in archs.iter().zip(&measured) {
+        let (layer_sum_ms, _) = lut.layer_sum(arch)?;
+        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: median(ms), excluded: false });
+    }
+    let mut fit = OverheadFit::least_squares(points, opts.fit_seed, opts.fit_runs)?;
+    fit.passes = opts.fit_passes;
+    Ok(fit)
 }
 
 #[cfg(test)]

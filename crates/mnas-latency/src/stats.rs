@@ -33,6 +33,13 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
+/// The median of unsorted values (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    quantile(&sorted, 0.5)
+}
+
 impl Stats {
     /// Statistics of `samples_ms`; `None` for an empty slice or one with non-finite values.
     pub fn of(samples_ms: &[f64]) -> Option<Stats> {

@@ -46,7 +46,16 @@ fn assert_same(a: &Lut, b: &Lut) {
 }
 
 fn opts() -> LutOptions {
-    LutOptions { resolution: RES, runs: 3, warmup: 1, fit_archs: 4, fit_seed: 11, fit_runs: 5, ..LutOptions::default() }
+    LutOptions {
+        resolution: RES,
+        runs: 3,
+        warmup: 1,
+        fit_archs: 4,
+        fit_seed: 11,
+        fit_runs: 5,
+        fit_passes: 2,
+        ..LutOptions::default()
+    }
 }
 
 /// Tests that time things take turns: they would pin to the same core and slow each other.
@@ -125,7 +134,7 @@ fn prediction_is_near_the_measurement_of_a_held_out_arch() {
     let _turn = timing();
     assert!(lut.is_complete() && lut.entries.len() == lut.configs, "{} of {}", lut.entries.len(), lut.configs);
     let fit = lut.fit.as_ref().expect("fit");
-    assert!(fit.a.is_finite() && fit.points.len() == 4, "{fit:?}");
+    assert!(fit.a.is_finite() && fit.points.len() == 4 && fit.passes == 2, "{fit:?}");
     lut.check_device(&BuiltIn).expect("built here");
     let (_, arch) = small_space().sample(12345, 1).remove(0);
     let predicted = lut.predict(&arch).expect("in the space");
@@ -171,6 +180,10 @@ fn bad_inputs_are_clear_errors() {
     let lut = built();
     let missing = Lut::load(scratch("nope.json")).unwrap_err();
     assert!(matches!(missing, LutError::NotFound { .. }) && missing.to_string().contains("no such file"), "{missing}");
+
+    let e = lut_build::build(&small_space(), &LutOptions { fit_passes: 0, ..opts() }, &BuiltIn, None, None, &|_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("fit passes"), "{e}");
 
     let corrupt = scratch("corrupt.json");
     std::fs::write(&corrupt, "{\"format\": 1, \"resolution\": 3").unwrap();

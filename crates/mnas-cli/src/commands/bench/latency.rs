@@ -34,6 +34,11 @@ pub struct BenchLatencyArgs {
     /// Timed runs per sampled architecture.
     #[arg(long, default_value_t = 10)]
     pub archs_runs: usize,
+    /// Passes over the sampled architectures, each measuring all of them on both engines; a
+    /// latency is the median of its passes. One measurement lands in whatever speed the machine
+    /// has then (a VM's moves by 10-20 % in spells of seconds); passes average the spells out.
+    #[arg(long, default_value_t = 3)]
+    pub passes: usize,
     /// Also write the sampled architectures' latencies (arch, built-in ms, ORT ms, MACs) as CSV.
     #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
@@ -43,8 +48,8 @@ pub struct BenchLatencyArgs {
 }
 
 pub fn run(args: BenchLatencyArgs) -> Result<()> {
-    if args.runs == 0 || args.rounds == 0 || args.archs_runs == 0 {
-        bail!("--runs, --rounds and --archs-runs must be at least 1");
+    if args.runs == 0 || args.rounds == 0 || args.archs_runs == 0 || args.passes == 0 {
+        bail!("--runs, --rounds, --archs-runs and --passes must be at least 1");
     }
     if let Some(path) = &args.csv {
         // Before minutes of measuring, not after.
@@ -85,8 +90,8 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
     if args.archs > 0 {
         let space = mnas_space::SearchSpace { resolution: args.resolution, num_classes: 10, ..Default::default() };
         let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
-        let r = rank_fidelity(&space, args.archs, args.seed, &small, &BuiltIn, ort, &mut |done, n| {
-            eprint!("\r  rank agreement: {done}/{n} architectures measured on both engines");
+        let r = rank_fidelity(&space, args.archs, args.seed, &small, args.passes, &BuiltIn, ort, &mut |done, n| {
+            eprint!("\r  rank agreement: {done}/{n} measurements on both engines");
         })?;
         eprintln!();
         if let Some(path) = &args.csv {
@@ -100,12 +105,14 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         let ratios: Vec<f64> = r.rows.iter().map(|x| x.1 / x.2).collect();
         let mean_ratio = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
         let fmt = |v: Option<f64>| v.map(|t| format!("{t:.3}")).unwrap_or_else(|| "n/a".into());
+        let repeat = if r.passes == 1 { "measured again" } else { "one pass against another" };
         println!(
-            "rank agreement over {} sampled architectures at {r}x{r} (seed {}): Kendall tau built-in vs ORT {} \
-             (95 % interval {}), MACs vs ORT {}, ORT vs ORT measured again {} (the noise ceiling); built-in / ORT \
-             {:.2}x on average",
+            "rank agreement over {} sampled architectures at {r}x{r} (seed {}, median of {} passes): Kendall tau \
+             built-in vs ORT {} (95 % interval {}), MACs vs ORT {}, ORT vs ORT {repeat} {} (the noise of one \
+             measurement); built-in / ORT {:.2}x on average",
             r.rows.len(),
             args.seed,
+            r.passes,
             fmt(r.tau),
             r.tau_ci.map(|(a, b)| format!("[{a:.3}, {b:.3}]")).unwrap_or_else(|| "n/a".into()),
             fmt(r.tau_macs),

@@ -98,9 +98,14 @@ pub struct BuildLutArgs {
     /// Seed of the fit archs (lut-report refuses the same seed, so its archs are held out).
     #[arg(long, default_value_t = 1)]
     pub fit_seed: u64,
-    /// Timed passes per fit arch.
+    /// Timed runs per fit arch and pass.
     #[arg(long, default_value_t = 20)]
     pub fit_runs: usize,
+    /// Passes over the fit archs, each measuring all of them; a point is the median of its
+    /// passes (a machine whose speed moves in spells of seconds, as a VM's does, then reads
+    /// each arch at several speeds).
+    #[arg(long, default_value_t = 3)]
+    pub fit_passes: usize,
     /// Where to write the table (JSON).
     #[arg(long, default_value = "lut.json")]
     pub out: PathBuf,
@@ -196,11 +201,14 @@ pub struct ReportArgs {
     pub any_device: bool,
     #[command(flatten)]
     pub ort: OrtLibArg,
-    /// Measure every arch a second time (fresh, after the first pass over all of them) and
-    /// report how well the two measurements agree: how much of a table's miss is the
-    /// measurement's own noise on this machine now. Doubles the time.
-    #[arg(long)]
-    pub measure_twice: bool,
+    /// Measure every arch this many times, in passes over all of them, and judge the table
+    /// against the median of each arch's measurements. One measurement (--runs back to back,
+    /// a fraction of a second) lands in whatever speed the machine has then, and a VM's speed
+    /// moves by 10-20 % in spells of seconds; passes minutes apart average the spells out. With
+    /// 2 or more the report also prints how well one pass agrees with another: the noise of a
+    /// single measurement here now.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub passes: u32,
     /// Print the report as JSON (with every arch's prediction and measurement).
     #[arg(long)]
     pub json: bool,
@@ -239,6 +247,7 @@ fn build(args: BuildLutArgs) -> Result<()> {
         fit_archs: args.fit_archs,
         fit_seed: args.fit_seed,
         fit_runs: args.fit_runs,
+        fit_passes: args.fit_passes,
         seed: 0,
         max_cv: args.max_cv,
     };
@@ -344,10 +353,12 @@ fn build(args: BuildLutArgs) -> Result<()> {
     println!("sum of all entry medians: {layer_ms:.1} ms");
     let excluded = fit.points.iter().filter(|p| p.excluded).count();
     println!(
-        "overhead fit on {} archs (seed {}, {} runs each{}): measured = {:.4} x layer sum {} {:.3} ms (RMSE {:.3} ms)",
+        "overhead fit on {} archs (seed {}, {} runs each in {} passes{}): measured = {:.4} x layer sum {} {:.3} ms \
+         (RMSE {:.3} ms)",
         fit.points.len(),
         fit.seed,
         fit.runs,
+        fit.passes,
         if excluded > 0 { format!("; {excluded} left out, measured far off the line") } else { String::new() },
         fit.a,
         if fit.b_ms < 0.0 { "-" } else { "+" },
@@ -473,7 +484,8 @@ fn report(args: ReportArgs) -> Result<()> {
         }
     }
 
-    let progress = bar(archs.len() as u64, "measuring", "archs");
+    let passes = args.passes as usize;
+    let progress = bar((archs.len() * passes) as u64, "measuring", "archs");
     let started = Instant::now();
     let mut rows = Vec::with_capacity(archs.len());
     let mut cached_count = 0;
@@ -497,36 +509,40 @@ fn report(args: ReportArgs) -> Result<()> {
             cv: m.stats.cv,
             macs,
             predict_us,
-            measured_again: None,
+            passes: vec![m.stats.median_ms],
         });
         if let Some(b) = &progress {
             b.inc(1);
         }
     }
-    if let Some(b) = &progress {
-        b.finish_and_clear();
-    }
-    if args.measure_twice {
-        let progress = bar(archs.len() as u64, "measuring again", "archs");
+    // Later passes measure afresh: a stored value is one measurement, taken in one spell.
+    for _ in 1..passes {
         for (arch, row) in archs.iter().zip(&mut rows) {
-            row.measured_again = Some(mnas_latency::measure_on(engine, arch, &opts, &|_| {})?.stats.median_ms);
+            row.passes.push(mnas_latency::measure_on(engine, arch, &opts, &|_| {})?.stats.median_ms);
             if let Some(b) = &progress {
                 b.inc(1);
             }
         }
-        if let Some(b) = &progress {
-            b.finish_and_clear();
-        }
+    }
+    if let Some(b) = &progress {
+        b.finish_and_clear();
+    }
+    for row in &mut rows {
+        row.measured = mnas_latency::stats::median(&row.passes);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let col = |f: fn(&Row) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
-    let measured = col(|r| r.measured);
-    let acc = Accuracy::of(&col(|r| r.predicted), &col(|r| r.layer_sum), &col(|r| r.macs as f64), &measured);
-    // The second measurement "predicting" the first: how far one measurement is from another.
-    let repeat = args.measure_twice.then(|| {
-        let again = col(|r| r.measured_again.unwrap_or(f64::NAN));
-        Accuracy::of(&again, &again, &col(|r| r.macs as f64), &measured)
-    });
+    let col = |f: &dyn Fn(&Row) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let (measured, predicted, macs) = (col(&|r| r.measured), col(&|r| r.predicted), col(&|r| r.macs as f64));
+    let acc = Accuracy::of(&predicted, &col(&|r| r.layer_sum), &macs, &measured);
+    let pass = |i: usize| col(&|r: &Row| r.passes[i]);
+    // The table against each pass alone, as a report of one pass would judge it.
+    let per_pass: Vec<Accuracy> = (0..passes).map(|i| Accuracy::of(&predicted, &predicted, &macs, &pass(i))).collect();
+    // Every later pass "predicting" an earlier one: how far one measurement is from another.
+    let pairs: Vec<Accuracy> = (0..passes)
+        .flat_map(|i| (i + 1..passes).map(move |j| (i, j)))
+        .map(|(i, j)| Accuracy::of(&pass(j), &pass(j), &macs, &pass(i)))
+        .collect();
+    let agreement = PassAgreement::of(&pairs);
     let mean_predict_us = rows.iter().map(|r| r.predict_us).sum::<f64>() / rows.len().max(1) as f64;
     // Back to back, as a search scores a step's candidates: each call above ran cold, right after
     // an end-to-end measurement had evicted the table from the caches.
@@ -540,18 +556,21 @@ fn report(args: ReportArgs) -> Result<()> {
     let warm_predict_us = t.elapsed().as_secs_f64() * 1e6 / (rounds * archs.len()).max(1) as f64;
     if args.json {
         let out = serde_json::json!({
-            "lut": args.lut, "seed": args.seed, "runs": args.runs, "archs": rows.len(), "cached": cached_count,
-            "seconds": seconds, "mean_predict_us": mean_predict_us, "warm_predict_us": warm_predict_us, "accuracy": acc,
-            "measured_again": repeat, "rows": rows,
+            "lut": args.lut, "seed": args.seed, "runs": args.runs, "passes": passes, "archs": rows.len(),
+            "cached": cached_count, "seconds": seconds, "mean_predict_us": mean_predict_us,
+            "warm_predict_us": warm_predict_us, "accuracy": acc, "per_pass": per_pass, "pass_agreement": agreement,
+            "rows": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let tau = |t: Option<f64>| t.map_or("undefined".to_string(), |t| format!("{t:.3}"));
     let (lo, hi) = measured.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let times = if passes == 1 { "once".to_string() } else { format!("{passes} times (in passes over all of them)") };
+    let truth = if passes == 1 { "the measurement".to_string() } else { format!("the median of {passes} passes") };
     println!(
-        "{} held-out archs (seed {}) at {r}x{r}, measured end to end with {} runs ({} from the store) in {seconds:.1} s; \
-         measured {lo:.2}..{hi:.2} ms",
+        "{} held-out archs (seed {}) at {r}x{r}, each measured end to end {times} with {} runs ({} from the store) \
+         in {seconds:.1} s; {truth} {lo:.2}..{hi:.2} ms",
         rows.len(),
         args.seed,
         args.runs,
@@ -559,7 +578,8 @@ fn report(args: ReportArgs) -> Result<()> {
         r = lut.resolution
     );
     println!(
-        "LUT prediction: {:.1}% within +-10%, RMSE {:.3} ms, MAPE {:.1}%, Kendall tau-b {} (layer sum alone {})",
+        "LUT prediction: {:.1}% within +-10% of {truth}, RMSE {:.3} ms, MAPE {:.1}%, Kendall tau-b {} (layer sum \
+         alone {})",
         100.0 * acc.within_10pct,
         acc.rmse_ms,
         100.0 * acc.mape,
@@ -567,12 +587,22 @@ fn report(args: ReportArgs) -> Result<()> {
         tau(acc.tau_layer_sum)
     );
     println!("MACs:           Kendall tau-b {} vs measured latency", tau(acc.tau_macs));
-    if let Some(c) = &repeat {
+    if passes > 1 {
+        let joined = |f: &dyn Fn(&Accuracy) -> String| per_pass.iter().map(f).collect::<Vec<_>>().join(" / ");
         println!(
-            "measured again: {:.1}% within +-10% of the first measurement, Kendall tau-b {} (the measurement's \
-             own noise: a table scoring near this is as good as one measurement here now)",
+            "against each pass alone: {} % within +-10%, Kendall tau-b {}",
+            joined(&|a| format!("{:.1}", 100.0 * a.within_10pct)),
+            joined(&|a| tau(a.tau_prediction))
+        );
+    }
+    if let Some(c) = &agreement {
+        println!(
+            "one pass against another: {:.1}% within +-10%, Kendall tau-b {} (mean of {} pairs: the noise of one \
+             measurement here now; a table scoring above it predicts a measurement better than another \
+             measurement does)",
             100.0 * c.within_10pct,
-            tau(c.tau_prediction)
+            tau(c.tau),
+            c.pairs
         );
     }
     println!(
@@ -592,7 +622,26 @@ struct Row {
     cv: f64,
     macs: u64,
     predict_us: f64,
-    /// The second measurement of `--measure-twice`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    measured_again: Option<f64>,
+    /// Each pass's measurement (median of its runs), in pass order; `measured` is their median.
+    passes: Vec<f64>,
+}
+
+/// How well one pass's measurements match another's, averaged over every pair of passes.
+#[derive(Debug, serde::Serialize)]
+struct PassAgreement {
+    pairs: usize,
+    within_10pct: f64,
+    tau: Option<f64>,
+}
+
+impl PassAgreement {
+    fn of(pairs: &[Accuracy]) -> Option<PassAgreement> {
+        let n = pairs.len();
+        let taus: Option<Vec<f64>> = pairs.iter().map(|a| a.tau_prediction).collect();
+        (n > 0).then(|| PassAgreement {
+            pairs: n,
+            within_10pct: pairs.iter().map(|a| a.within_10pct).sum::<f64>() / n as f64,
+            tau: taus.map(|t| t.iter().sum::<f64>() / n as f64),
+        })
+    }
 }
