@@ -193,12 +193,17 @@ fn report_measures_held_out_archs() {
     assert_eq!(agreement["pairs"], 3, "{agreement}");
     assert!((agreement["within_10pct"].as_f64().unwrap_or(f64::NAN) - mean).abs() < 1e-12, "{agreement} vs {mean}");
     assert_eq!(json["per_pass"].as_array().map(Vec::len), Some(3));
+    // The machine's pace now and while the fit was measured, both measured.
+    for key in ["pace_ms", "build_pace_ms"] {
+        assert!(json[key].as_f64().is_some_and(|p| p > 0.0), "{key}: {}", json[key]);
+    }
     let text: Vec<&str> = three[..three.len() - 1].to_vec();
     let text = ok(&text);
     assert!(
         text.contains("median of 3 passes")
             && text.contains("one pass against another")
-            && text.contains("each pass alone"),
+            && text.contains("each pass alone")
+            && text.contains("machine pace:"),
         "{text}"
     );
     // One pass has no agreement to report.

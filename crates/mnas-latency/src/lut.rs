@@ -111,6 +111,11 @@ pub struct OverheadFit {
     /// passes existed).
     #[serde(default = "one_pass")]
     pub passes: usize,
+    /// The machine's pace while the fit archs were measured (median over their measurements of
+    /// [`crate::measure::PACE_REFERENCE`]'s time, ms): a report taken while the machine runs
+    /// slower or faster than this reads the table off by about that much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_ms: Option<f64>,
     pub points: Vec<FitPoint>,
 }
 
@@ -148,7 +153,7 @@ impl OverheadFit {
         let rmse_ms = (kept.iter().map(|p| (a * p.layer_sum_ms + b_ms - p.measured_ms).powi(2)).sum::<f64>()
             / kept.len() as f64)
             .sqrt();
-        Ok(OverheadFit { a, b_ms, rmse_ms, seed, runs, passes: 1, points })
+        Ok(OverheadFit { a, b_ms, rmse_ms, seed, runs, passes: 1, pace_ms: None, points })
     }
 
     /// The predicted end-to-end latency: the line inside and above the fit archs' layer sums.

@@ -561,11 +561,13 @@ fn fit_overhead(
     let total = archs.len() * opts.fit_passes;
     progress(LutProgress::Fit { done: 0, total });
     let mut measured: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.fit_passes); archs.len()];
+    let mut paces = Vec::with_capacity(total);
     for pass in 0..opts.fit_passes {
         for (i, arch) in archs.iter().enumerate() {
             let m = measure::measure_on(engine, arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
             tracing::debug!(arch = %m.arch, pass, measured_ms = m.stats.median_ms, "fit measurement");
             measured[i].push(m.stats.median_ms);
+            paces.extend(m.pace_ms);
             progress(LutProgress::Fit { done: pass * archs.len() + i + 1, total });
         }
     }
@@ -576,6 +578,7 @@ fn fit_overhead(
     }
     let mut fit = OverheadFit::least_squares(points, opts.fit_seed, opts.fit_runs)?;
     fit.passes = opts.fit_passes;
+    fit.pace_ms = (!paces.is_empty()).then(|| median(&paces));
     Ok(fit)
 }
 

@@ -135,6 +135,7 @@ fn prediction_is_near_the_measurement_of_a_held_out_arch() {
     assert!(lut.is_complete() && lut.entries.len() == lut.configs, "{} of {}", lut.entries.len(), lut.configs);
     let fit = lut.fit.as_ref().expect("fit");
     assert!(fit.a.is_finite() && fit.points.len() == 4 && fit.passes == 2, "{fit:?}");
+    assert!(fit.pace_ms.is_some_and(|p| p > 0.0 && p.is_finite()), "the pace of the fit: {fit:?}");
     lut.check_device(&BuiltIn).expect("built here");
     let (_, arch) = small_space().sample(12345, 1).remove(0);
     let predicted = lut.predict(&arch).expect("in the space");

@@ -485,10 +485,11 @@ fn report(args: ReportArgs) -> Result<()> {
     }
 
     let passes = args.passes as usize;
-    let progress = bar((archs.len() * passes) as u64, "measuring", "archs");
+    let progress = bar((archs.len() * passes) as u64, "measuring", "measurements");
     let started = Instant::now();
     let mut rows = Vec::with_capacity(archs.len());
     let mut cached_count = 0;
+    let mut paces = Vec::with_capacity(archs.len() * passes);
     for arch in &archs {
         let (layer_sum, _) = lut.layer_sum(arch)?;
         let t = Instant::now();
@@ -500,6 +501,7 @@ fn report(args: ReportArgs) -> Result<()> {
             None => (measure(arch, &opts)?, false),
         };
         cached_count += usize::from(cached);
+        paces.extend(m.pace_ms);
         let macs = mnas_space::count(arch).macs;
         rows.push(Row {
             arch: arch.canonical(),
@@ -518,7 +520,9 @@ fn report(args: ReportArgs) -> Result<()> {
     // Later passes measure afresh: a stored value is one measurement, taken in one spell.
     for _ in 1..passes {
         for (arch, row) in archs.iter().zip(&mut rows) {
-            row.passes.push(mnas_latency::measure_on(engine, arch, &opts, &|_| {})?.stats.median_ms);
+            let m = mnas_latency::measure_on(engine, arch, &opts, &|_| {})?;
+            paces.extend(m.pace_ms);
+            row.passes.push(m.stats.median_ms);
             if let Some(b) = &progress {
                 b.inc(1);
             }
@@ -543,6 +547,8 @@ fn report(args: ReportArgs) -> Result<()> {
         .map(|(i, j)| Accuracy::of(&pass(j), &pass(j), &macs, &pass(i)))
         .collect();
     let agreement = PassAgreement::of(&pairs);
+    // The machine's speed now against its speed while the fit was measured.
+    let pace_ms = (!paces.is_empty()).then(|| mnas_latency::stats::median(&paces));
     let mean_predict_us = rows.iter().map(|r| r.predict_us).sum::<f64>() / rows.len().max(1) as f64;
     // Back to back, as a search scores a step's candidates: each call above ran cold, right after
     // an end-to-end measurement had evicted the table from the caches.
@@ -559,6 +565,7 @@ fn report(args: ReportArgs) -> Result<()> {
             "lut": args.lut, "seed": args.seed, "runs": args.runs, "passes": passes, "archs": rows.len(),
             "cached": cached_count, "seconds": seconds, "mean_predict_us": mean_predict_us,
             "warm_predict_us": warm_predict_us, "accuracy": acc, "per_pass": per_pass, "pass_agreement": agreement,
+            "pace_ms": pace_ms, "build_pace_ms": fit.pace_ms,
             "rows": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -603,6 +610,18 @@ fn report(args: ReportArgs) -> Result<()> {
             100.0 * c.within_10pct,
             tau(c.tau),
             c.pairs
+        );
+    }
+    if let (Some(now), Some(then)) = (pace_ms, fit.pace_ms) {
+        let change = 100.0 * (now / then - 1.0);
+        let direction = if change >= 0.0 { "slower" } else { "faster" };
+        println!(
+            "machine pace: {now:.3} ms now, {then:.3} ms while the table's fit was measured ({:.1} % {direction}; \
+             the fastest run of {} at {} px, median over the measurements): measurements now read about that much \
+             off the table",
+            change.abs(),
+            mnas_latency::measure::PACE_REFERENCE,
+            mnas_latency::measure::PACE_RESOLUTION,
         );
     }
     println!(
