@@ -5,11 +5,9 @@
 use mnas_space::{Arch, SearchSpace};
 use mnas_stats::{bootstrap_interval, tau_b};
 
-use std::time::Instant;
-
 use crate::error::Result;
-use crate::measure::{measure_on, pinned_pool, planned_cores, LocalEngine, MeasureOptions, Runnable};
-use crate::stats::median;
+use crate::measure::{measure_on, pinned_pool, planned_cores, time_runs, LocalEngine, MeasureOptions, Runnable};
+use crate::stats::{mean_over_pairs, median};
 
 /// Medians of alternating measurements of one model on two engines.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,12 +94,7 @@ pub fn measure_pair(
 /// One untimed run, then `runs` timed ones appended to `times` (ms).
 fn timed_block(model: &mut dyn Runnable, runs: usize, times: &mut Vec<f64>) -> Result<()> {
     model.run()?;
-    for _ in 0..runs {
-        let start = Instant::now();
-        model.run()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(())
+    time_runs(model, runs, times, &mut |_| {})
 }
 
 /// Latencies of `n` sampled models (seeded, at `resolution`) on both engines, and how well they
@@ -161,15 +154,8 @@ pub fn rank_fidelity(
     let xa: Vec<f64> = rows.iter().map(|r| r.1).collect();
     let xb: Vec<f64> = rows.iter().map(|r| r.2).collect();
     let macs: Vec<f64> = rows.iter().map(|r| r.3 as f64).collect();
-    let tau_repeat = if passes == 1 {
-        tau_b(&again, &on_b[0])
-    } else {
-        let taus: Option<Vec<f64>> = (0..passes)
-            .flat_map(|i| (i + 1..passes).map(move |j| (i, j)))
-            .map(|(i, j)| tau_b(&on_b[j], &on_b[i]))
-            .collect();
-        taus.map(|t| t.iter().sum::<f64>() / t.len() as f64)
-    };
+    let tau_repeat =
+        if passes == 1 { tau_b(&again, &on_b[0]) } else { mean_over_pairs(passes, |i, j| tau_b(&on_b[j], &on_b[i])) };
     Ok(RankFidelity {
         tau: tau_b(&xa, &xb),
         tau_ci: bootstrap_interval(&xa, &xb, tau_b, 2000, 0.95, seed),

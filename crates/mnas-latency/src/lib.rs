@@ -7,8 +7,9 @@
 //! - [`store`]: the SQLite table a search reuses, so a measured arch costs nothing the second time;
 //!   [`cached`] serves from it what is still valid (stable, taken at this machine's pace) and
 //!   measures the rest;
-//! - [`lut`] / [`lut_build`]: the per-layer lookup-table predictor (microseconds per arch), judged
-//!   by how well it ranks (Kendall tau, from mnas-stats); [`timers`] loads the engine a table names;
+//! - [`lut`] / [`lut_build`] / [`lut_report`]: the per-layer lookup-table predictor (microseconds
+//!   per arch), judged by how well it ranks (Kendall tau, from mnas-stats) against archs measured
+//!   in [`passes`]; [`timers`] loads the engine a table names;
 //! - [`protocol`] / [`agent`] / [`pool`]: measuring on other machines through `mnas agent`;
 //! - [`engine`]: measuring with an external command (`--engine cmd:...`) on an exported ONNX model.
 
@@ -21,8 +22,10 @@ pub mod error;
 pub mod fingerprint;
 pub mod lut;
 pub mod lut_build;
+pub mod lut_report;
 pub mod measure;
 pub mod ort_engine;
+pub mod passes;
 pub mod pin;
 pub mod pool;
 pub mod protocol;

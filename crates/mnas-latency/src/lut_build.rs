@@ -23,7 +23,8 @@ use crate::lut::{
     head_key, layer_key, stage_keys, stem_key, FitPoint, Lut, LutEntry, LutError, LutResult, OverheadFit, LUT_FORMAT,
 };
 use crate::measure::{self, BuiltIn, LocalEngine, MeasureOptions};
-use crate::stats::{median, Stats};
+use crate::passes::measure_in_passes;
+use crate::stats::Stats;
 use mnas_space::timestamp::utc_now;
 
 /// What one LUT entry times.
@@ -560,25 +561,19 @@ fn fit_overhead(
     let archs = fit_archs(space, opts);
     let total = archs.len() * opts.fit_passes;
     progress(LutProgress::Fit { done: 0, total });
-    let mut measured: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.fit_passes); archs.len()];
-    let mut paces = Vec::with_capacity(total);
-    for pass in 0..opts.fit_passes {
-        for (i, arch) in archs.iter().enumerate() {
-            let m = measure::measure_on(engine, arch, &opts.measure_options(opts.fit_runs), &|_| {})?;
-            tracing::debug!(arch = %m.arch, pass, measured_ms = m.stats.median_ms, "fit measurement");
-            measured[i].push(m.stats.median_ms);
-            paces.extend(m.pace_ms);
-            progress(LutProgress::Fit { done: pass * archs.len() + i + 1, total });
-        }
-    }
+    let fit_opts = opts.measure_options(opts.fit_runs);
+    let measured = measure_in_passes(engine, &archs, &fit_opts, opts.fit_passes, None, &mut |i, pass| {
+        progress(LutProgress::Fit { done: pass * archs.len() + i + 1, total });
+        Ok::<_, LutError>(())
+    })?;
     let mut points = Vec::with_capacity(archs.len());
-    for (arch, ms) in archs.iter().zip(&measured) {
+    for (arch, measured_ms) in archs.iter().zip(measured.medians()) {
         let (layer_sum_ms, _) = lut.layer_sum(arch)?;
-        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms: median(ms), excluded: false });
+        points.push(FitPoint { arch: arch.canonical(), layer_sum_ms, measured_ms, excluded: false });
     }
     let mut fit = OverheadFit::least_squares(points, opts.fit_seed, opts.fit_runs)?;
     fit.passes = opts.fit_passes;
-    fit.pace_ms = (!paces.is_empty()).then(|| median(&paces));
+    fit.pace_ms = measured.pace_ms();
     Ok(fit)
 }
 

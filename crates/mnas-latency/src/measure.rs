@@ -367,6 +367,23 @@ impl Input {
 
 /// Runs on a pinned pool thread: builds the model there (its memory is first touched by the
 /// measuring core), warms up, times, and re-measures while the spread is too wide.
+/// Times `runs` runs of `model` back to back, appending each (ms) to `times`; `after_each` gets
+/// the count done so far.
+pub(crate) fn time_runs(
+    model: &mut dyn Runnable,
+    runs: usize,
+    times: &mut Vec<f64>,
+    after_each: &mut dyn FnMut(usize),
+) -> Result<()> {
+    for done in 1..=runs {
+        let start = Instant::now();
+        model.run()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        after_each(done);
+    }
+    Ok(())
+}
+
 fn run_pinned(
     engine: &dyn LocalEngine,
     arch: &Arch,
@@ -384,12 +401,7 @@ fn run_pinned(
         attempts += 1;
         progress(Progress::Start { attempt: attempts, total: opts.runs });
         let mut samples = Vec::with_capacity(opts.runs);
-        for done in 1..=opts.runs {
-            let start = Instant::now();
-            model.run()?;
-            samples.push(start.elapsed().as_secs_f64() * 1e3);
-            progress(Progress::Run { done });
-        }
+        time_runs(model.as_mut(), opts.runs, &mut samples, &mut |done| progress(Progress::Run { done }))?;
         let stats = Stats::of(&samples).ok_or_else(|| LatencyError::Engine("no usable timings".into()))?;
         tracing::debug!(attempt = attempts, median_ms = stats.median_ms, cv = stats.cv, "attempt");
         if best.is_none_or(|b| stats.cv < b.cv) {

@@ -40,6 +40,13 @@ pub fn median(values: &[f64]) -> f64 {
     quantile(&sorted, 0.5)
 }
 
+/// The mean of `f(i, j)` over every pair `i < j` of `n` items (one pass against another, say);
+/// `None` when there is no pair or `f` has no value for one of them.
+pub fn mean_over_pairs(n: usize, f: impl Fn(usize, usize) -> Option<f64>) -> Option<f64> {
+    let values: Option<Vec<f64>> = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| f(i, j)).collect();
+    values.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 impl Stats {
     /// Statistics of `samples_ms`; `None` for an empty slice or one with non-finite values.
     pub fn of(samples_ms: &[f64]) -> Option<Stats> {
@@ -80,6 +87,15 @@ mod tests {
         assert!(close(s.median_ms, 5.5) && close(s.p10_ms, 1.9) && close(s.p90_ms, 9.1), "{s:?}");
         assert!(close(s.mean_ms, 5.5) && close(s.min_ms, 1.0) && s.runs == 10, "{s:?}");
         assert!(close(s.cv, (55.0f64 / 6.0).sqrt() / 5.5), "{s:?}");
+    }
+
+    #[test]
+    fn the_mean_over_pairs_visits_each_pair_once() {
+        // Pairs of 4: (0,1) (0,2) (0,3) (1,2) (1,3) (2,3); i * 10 + j sums to 54 over them.
+        let mean = mean_over_pairs(4, |i, j| Some((i * 10 + j) as f64)).unwrap();
+        assert!(close(mean, 54.0 / 6.0), "{mean}");
+        assert_eq!(mean_over_pairs(1, |_, _| Some(1.0)), None, "one item has no pair");
+        assert_eq!(mean_over_pairs(3, |i, _| (i == 0).then_some(1.0)), None, "a pair without a value");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mnas_latency::lut::Accuracy;
 use mnas_latency::lut_build::{self, LutOptions, LutProgress, StageTimer};
-use mnas_latency::{measure_cached_on, BuiltIn, Lut, LutError, MeasureOptions, OrtEngine, Store};
+use mnas_latency::{lut_report, BuiltIn, Lut, LutError, MeasureOptions, OrtEngine, Store};
 use mnas_space::{Arch, SearchSpace};
 
 use super::report::default_store;
@@ -137,7 +137,8 @@ pub struct OrtLibArg {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Architecture: a zoo name, an arch JSON file, or block strings (see `mnas space sample`).
+    /// Architecture: a zoo name, an arch JSON file, block strings (see `mnas space sample`), or the
+    /// one-line form outputs print.
     #[arg(long, required_unless_present = "tokens", conflicts_with = "tokens")]
     pub arch: Option<String>,
     /// Or the search-space tokens (42, space or comma separated), decoded in the LUT's space and resolution.
@@ -471,108 +472,33 @@ fn report(args: ReportArgs) -> Result<()> {
         };
         Some(Store::open(&path)?)
     };
-    let space = lut.space();
-    let fit_set: std::collections::HashSet<&str> = fit.points.iter().map(|p| p.arch.as_str()).collect();
-    // Draw until `archs` archs outside the fit set (a repeat of a fit arch is not held out).
-    let mut archs = Vec::with_capacity(args.archs);
-    for (_, arch) in space.sample(args.seed, args.archs * 2) {
-        if archs.len() == args.archs {
-            break;
-        }
-        if !fit_set.contains(arch.canonical().as_str()) {
-            archs.push(arch);
-        }
-    }
-
+    let archs = lut_report::held_out(&lut, args.seed, args.archs)?;
     let passes = args.passes as usize;
     let progress = bar((archs.len() * passes) as u64, "measuring", "measurements");
-    let started = Instant::now();
-    let mut rows = Vec::with_capacity(archs.len());
-    let mut cached_count = 0;
-    let mut paces = Vec::with_capacity(archs.len() * passes);
-    for arch in &archs {
-        let (layer_sum, _) = lut.layer_sum(arch)?;
-        let t = Instant::now();
-        let predicted = lut.predict(arch)?;
-        let predict_us = t.elapsed().as_secs_f64() * 1e6;
-        let measure = |a: &Arch, o: &MeasureOptions| mnas_latency::measure_on(engine, a, o, &|_| {});
-        let (m, cached) = match &store {
-            Some(store) => measure_cached_on(store, engine, arch, &opts, measure)?,
-            None => (measure(arch, &opts)?, false),
-        };
-        cached_count += usize::from(cached);
-        paces.extend(m.pace_ms);
-        let macs = mnas_space::count(arch).macs;
-        rows.push(Row {
-            arch: arch.canonical(),
-            predicted,
-            layer_sum,
-            measured: m.stats.median_ms,
-            cv: m.stats.cv,
-            macs,
-            predict_us,
-            passes: vec![m.stats.median_ms],
-        });
+    let report = lut_report::judge(&lut, engine, &archs, &opts, passes, store.as_ref(), &mut |done, _| {
         if let Some(b) = &progress {
-            b.inc(1);
+            b.set_position(done as u64);
         }
-    }
-    // Later passes measure afresh: a stored value is one measurement, taken in one spell.
-    for _ in 1..passes {
-        for (arch, row) in archs.iter().zip(&mut rows) {
-            let m = mnas_latency::measure_on(engine, arch, &opts, &|_| {})?;
-            paces.extend(m.pace_ms);
-            row.passes.push(m.stats.median_ms);
-            if let Some(b) = &progress {
-                b.inc(1);
-            }
-        }
-    }
+    })?;
     if let Some(b) = &progress {
         b.finish_and_clear();
     }
-    for row in &mut rows {
-        row.measured = mnas_latency::stats::median(&row.passes);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let col = |f: &dyn Fn(&Row) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
-    let (measured, predicted, macs) = (col(&|r| r.measured), col(&|r| r.predicted), col(&|r| r.macs as f64));
-    let acc = Accuracy::of(&predicted, &col(&|r| r.layer_sum), &macs, &measured);
-    let pass = |i: usize| col(&|r: &Row| r.passes[i]);
-    // The table against each pass alone, as a report of one pass would judge it.
-    let per_pass: Vec<Accuracy> = (0..passes).map(|i| Accuracy::of(&predicted, &predicted, &macs, &pass(i))).collect();
-    // Every later pass "predicting" an earlier one: how far one measurement is from another.
-    let pairs: Vec<Accuracy> = (0..passes)
-        .flat_map(|i| (i + 1..passes).map(move |j| (i, j)))
-        .map(|(i, j)| Accuracy::of(&pass(j), &pass(j), &macs, &pass(i)))
-        .collect();
-    let agreement = PassAgreement::of(&pairs);
-    // The machine's speed now against its speed while the fit was measured.
-    let pace_ms = (!paces.is_empty()).then(|| mnas_latency::stats::median(&paces));
-    let mean_predict_us = rows.iter().map(|r| r.predict_us).sum::<f64>() / rows.len().max(1) as f64;
-    // Back to back, as a search scores a step's candidates: each call above ran cold, right after
-    // an end-to-end measurement had evicted the table from the caches.
-    let rounds = 5;
-    let t = Instant::now();
-    for _ in 0..rounds {
-        for arch in &archs {
-            std::hint::black_box(lut.predict(arch)?);
-        }
-    }
-    let warm_predict_us = t.elapsed().as_secs_f64() * 1e6 / (rounds * archs.len()).max(1) as f64;
+    let (rows, acc, seconds) = (&report.rows, &report.accuracy, report.seconds);
+    let (mean_predict_us, warm_predict_us) = (report.mean_predict_us, report.warm_predict_us);
     if args.json {
         let out = serde_json::json!({
             "lut": args.lut, "seed": args.seed, "runs": args.runs, "passes": passes, "archs": rows.len(),
-            "cached": cached_count, "seconds": seconds, "mean_predict_us": mean_predict_us,
-            "warm_predict_us": warm_predict_us, "accuracy": acc, "per_pass": per_pass, "pass_agreement": agreement,
-            "pace_ms": pace_ms, "build_pace_ms": fit.pace_ms,
+            "cached": report.cached, "seconds": seconds, "mean_predict_us": mean_predict_us,
+            "warm_predict_us": warm_predict_us, "accuracy": acc, "per_pass": report.per_pass,
+            "pass_agreement": report.pass_agreement, "pace_ms": report.pace_ms, "build_pace_ms": fit.pace_ms,
             "rows": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let tau = |t: Option<f64>| t.map_or("undefined".to_string(), |t| format!("{t:.3}"));
-    let (lo, hi) = measured.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (lo, hi) =
+        rows.iter().map(|r| r.measured).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let times = if passes == 1 { "once".to_string() } else { format!("{passes} times (in passes over all of them)") };
     let truth = if passes == 1 { "the measurement".to_string() } else { format!("the median of {passes} passes") };
     println!(
@@ -581,7 +507,7 @@ fn report(args: ReportArgs) -> Result<()> {
         rows.len(),
         args.seed,
         args.runs,
-        cached_count,
+        report.cached,
         r = lut.resolution
     );
     println!(
@@ -595,14 +521,14 @@ fn report(args: ReportArgs) -> Result<()> {
     );
     println!("MACs:           Kendall tau-b {} vs measured latency", tau(acc.tau_macs));
     if passes > 1 {
-        let joined = |f: &dyn Fn(&Accuracy) -> String| per_pass.iter().map(f).collect::<Vec<_>>().join(" / ");
+        let joined = |f: &dyn Fn(&Accuracy) -> String| report.per_pass.iter().map(f).collect::<Vec<_>>().join(" / ");
         println!(
             "against each pass alone: {} % within +-10%, Kendall tau-b {}",
             joined(&|a| format!("{:.1}", 100.0 * a.within_10pct)),
             joined(&|a| tau(a.tau_prediction))
         );
     }
-    if let Some(c) = &agreement {
+    if let Some(c) = &report.pass_agreement {
         println!(
             "one pass against another: {:.1}% within +-10%, Kendall tau-b {} (mean of {} pairs: the noise of one \
              measurement here now; a table scoring above it predicts a measurement better than another \
@@ -612,7 +538,7 @@ fn report(args: ReportArgs) -> Result<()> {
             c.pairs
         );
     }
-    if let (Some(now), Some(then)) = (pace_ms, fit.pace_ms) {
+    if let (Some(now), Some(then)) = (report.pace_ms, fit.pace_ms) {
         let change = 100.0 * (now / then - 1.0);
         let direction = if change >= 0.0 { "slower" } else { "faster" };
         println!(
@@ -627,40 +553,7 @@ fn report(args: ReportArgs) -> Result<()> {
     println!(
         "prediction time: {warm_predict_us:.1} µs per arch back to back ({} predictions), {mean_predict_us:.1} µs \
          cold (mean, each right after a measurement)",
-        rounds * archs.len()
+        report.warm_predictions
     );
     Ok(())
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Row {
-    arch: String,
-    predicted: f64,
-    layer_sum: f64,
-    measured: f64,
-    cv: f64,
-    macs: u64,
-    predict_us: f64,
-    /// Each pass's measurement (median of its runs), in pass order; `measured` is their median.
-    passes: Vec<f64>,
-}
-
-/// How well one pass's measurements match another's, averaged over every pair of passes.
-#[derive(Debug, serde::Serialize)]
-struct PassAgreement {
-    pairs: usize,
-    within_10pct: f64,
-    tau: Option<f64>,
-}
-
-impl PassAgreement {
-    fn of(pairs: &[Accuracy]) -> Option<PassAgreement> {
-        let n = pairs.len();
-        let taus: Option<Vec<f64>> = pairs.iter().map(|a| a.tau_prediction).collect();
-        (n > 0).then(|| PassAgreement {
-            pairs: n,
-            within_10pct: pairs.iter().map(|a| a.within_10pct).sum::<f64>() / n as f64,
-            tau: taus.map(|t| t.iter().sum::<f64>() / n as f64),
-        })
-    }
 }
