@@ -1,10 +1,11 @@
-//! Turning what a user types for `--arch` into an Arch: a zoo name, a JSON file, or block strings.
+//! Turning what a user types for `--arch` into an Arch: a zoo name, a JSON file, block strings, or
+//! the one-line form every output prints.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mnas_space::{lookup, parse_block_list, Arch, MODEL_NAMES};
+use mnas_space::{lookup, parse_block_list, parse_canonical, Arch, MODEL_NAMES};
 
 /// Options that adjust any architecture given on the command line.
 #[derive(Args, Debug, Clone, Default)]
@@ -20,20 +21,24 @@ pub struct ArchOverrides {
     pub classes: Option<u32>,
 }
 
-/// Resolves NAME | FILE | BLOCKSTRINGS, then applies the overrides and validates.
+/// Resolves NAME | FILE | BLOCKSTRINGS | the one-line form outputs print, then applies the
+/// overrides and validates.
 pub fn resolve(spec: &str, overrides: &ArchOverrides) -> Result<Arch> {
     let mut arch = if let Ok(arch) = lookup(spec) {
         arch
     } else if Path::new(spec).is_file() {
         let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {spec}"))?;
         Arch::from_json(&text).with_context(|| spec.to_string())?
+    } else if spec.starts_with("stem") && spec.contains('|') {
+        parse_canonical(spec)?
     } else if looks_like_block_strings(spec) {
         parse_block_list(spec)?
     } else if spec.ends_with(".json") {
         bail!("{spec}: no such file");
     } else {
         bail!(
-            "unknown model `{spec}`: not a model name, an arch JSON file or block strings; known models: {}",
+            "unknown model `{spec}`: not a model name, an arch JSON file, block strings or the one-line form \
+             (stem32|...|r224); known models: {}",
             MODEL_NAMES.join(", ")
         );
     };

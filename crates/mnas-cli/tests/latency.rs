@@ -187,3 +187,41 @@ fn onnx_runtime_in_process() {
         common::assert_error(&o, &args, needle, true);
     }
 }
+
+/// The benchmark end to end on small settings, with ONNX Runtime set against a second session of
+/// itself (the ceiling that noise puts on the tau): its lines, its CSV, and each CSV arch read back
+/// as `--arch` in the one-line form the CSV prints.
+#[test]
+fn bench_latency_sets_ort_against_itself_and_its_archs_read_back() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let csv = scratch("bench").join("rank.csv");
+    let o = Command::new(env!("CARGO_BIN_EXE_mnas"))
+        .args(["bench", "latency", "--engine", "ort", "--arch", "mnasnet-small", "--resolution", "64"])
+        .args(["--runs", "3", "--rounds", "1", "--archs", "4", "--archs-runs", "2", "--passes", "2", "--csv"])
+        .arg(&csv)
+        .env_remove("MNAS_ORT_LIB")
+        .current_dir(&root)
+        .output()
+        .expect("run mnas");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(out.contains("ORT again median") && out.contains("ORT again / ORT = "), "{out}");
+    assert!(out.contains("Kendall tau ORT again vs ORT") && out.contains("median of 2 passes"), "{out}");
+    assert!(!out.contains("built-in engine by op"), "the op breakdown is the built-in engine's: {out}");
+    let text = std::fs::read_to_string(&csv).expect("the CSV");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("arch,ort_again_ms,ort_ms,macs"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for row in rows {
+        let arch = row.split('"').nth(1).expect("a quoted arch");
+        let fields: Vec<f64> = row.rsplit(',').take(3).map(|v| v.parse().expect("a number")).collect();
+        assert!(fields.iter().all(|v| *v > 0.0), "{row}");
+        let shown = mnas(&["arch", "show", arch, "--json"]);
+        assert!(shown.status.success(), "{arch}: {}", String::from_utf8_lossy(&shown.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+        let back: mnas_space::Arch = serde_json::from_value(json["arch"].clone()).expect("an arch");
+        assert_eq!(back.canonical(), arch);
+    }
+    assert_clean_error(&["arch", "show", "stem32|ds_r1_k3_s1_c16|head1280|gelu|w1|c10|r224"], "unknown activation");
+}

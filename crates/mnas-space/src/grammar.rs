@@ -195,6 +195,52 @@ pub fn parse_block_list(text: &str) -> Result<Arch, SpaceError> {
     Ok(arch)
 }
 
+/// Reads the one-line form that [`Arch::canonical`] prints (and that stores, CSVs and reports
+/// show): `stem32|ir_r1_k3_s1_e6_c16,...|head1280|relu|w1|c10|r224`, so that an arch copied from
+/// any output can be given back as input.
+pub fn parse_canonical(text: &str) -> Result<Arch, SpaceError> {
+    let bad = |reason: String| SpaceError::BlockString { input: text.into(), reason };
+    let fields: Vec<&str> = text.trim().split('|').collect();
+    let [stem, blocks, head, activation, width, classes, resolution] = fields[..] else {
+        return Err(bad(format!(
+            "the one-line form has 7 fields separated by `|` (stem|blocks|head|activation|w|c|r), found {}",
+            fields.len()
+        )));
+    };
+    let number = |field: &str, prefix: &str, what: &str| -> Result<u32, SpaceError> {
+        field
+            .strip_prefix(prefix)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("expected {what} as `{prefix}<N>`, found `{field}`")))
+    };
+    let width: f64 = width
+        .strip_prefix('w')
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad(format!("expected the width multiplier as `w<X>`, found `{width}`")))?;
+    let activation = match activation {
+        "relu" => Activation::Relu,
+        "relu6" => Activation::Relu6,
+        other => return Err(bad(format!("unknown activation `{other}` (relu or relu6)"))),
+    };
+    let blocks = blocks.split(',').filter(|b| !b.is_empty()).map(Block::parse).collect::<Result<Vec<_>, _>>()?;
+    if blocks.is_empty() {
+        return Err(bad("no blocks found".into()));
+    }
+    let arch = Arch {
+        name: None,
+        stem_channels: number(stem, "stem", "the stem width")?,
+        blocks,
+        head_channels: number(head, "head", "the head width")?,
+        num_classes: number(classes, "c", "the class count")?,
+        resolution: number(resolution, "r", "the resolution")?,
+        width,
+        activation,
+        dropout: 0.2,
+    };
+    arch.validate()?;
+    Ok(arch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +289,33 @@ mod tests {
             let err = Block::parse(input).unwrap_err().to_string();
             assert!(err.contains(needle), "{input}: {err}");
             assert!(err.contains(input), "error should quote the input: {err}");
+        }
+    }
+
+    #[test]
+    fn the_one_line_form_reads_back() {
+        for name in ["mnasnet-a1", "mobilenetv2", "mnasnet-small"] {
+            let mut arch = crate::lookup(name).unwrap();
+            arch.resolution = 96;
+            arch.num_classes = 10;
+            arch.width = 0.75;
+            let back = parse_canonical(&arch.canonical()).unwrap();
+            assert_eq!(back.canonical(), arch.canonical(), "{name}");
+            assert_eq!((back.resolution, back.num_classes, back.activation), (96, 10, arch.activation));
+        }
+        let ok = "stem32|ds_r1_k3_s1_c16,ir_r2_k3_s2_e6_c24_se0.25|head1280|relu|w1|c10|r224";
+        assert_eq!(parse_canonical(ok).unwrap().canonical(), ok);
+        for (input, needle) in [
+            ("stem32|ds_r1_k3_s1_c16|head1280|relu|w1|c10", "7 fields"),
+            ("stemX|ds_r1_k3_s1_c16|head1280|relu|w1|c10|r224", "stem width"),
+            ("stem32|ds_r1_k3_s1_c16|head1280|gelu|w1|c10|r224", "activation"),
+            ("stem32|ds_r1_k3_s1_c16|head1280|relu|wide|c10|r224", "width"),
+            ("stem32|ds_r1_k3_s1_c16|head1280|relu|w1|c10|r0", "resolution"),
+            ("stem32|ds_r1_k4_s1_c16|head1280|relu|w1|c10|r224", "kernel"),
+            ("stem32||head1280|relu|w1|c10|r224", "no blocks"),
+        ] {
+            let err = parse_canonical(input).map(|a| a.canonical()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{input}: {err}");
         }
     }
 

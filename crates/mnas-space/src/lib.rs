@@ -14,6 +14,6 @@ pub mod zoo;
 pub use arch::{Activation, Arch, Block, ConvOp, Layer, Residual, SkipOp};
 pub use cost::{count, Counts, LayerCost};
 pub use error::SpaceError;
-pub use grammar::parse_block_list;
+pub use grammar::{parse_block_list, parse_canonical};
 pub use space::SearchSpace;
 pub use zoo::{lookup, MODEL_NAMES};

@@ -10,10 +10,11 @@ pub enum ArchCommand {
     /// Layer table of an architecture: shapes, params and MACs per layer, and totals.
     ///
     /// ARCH is a model name (mnasnet-a1, mnasnet_100, ... see `mnas arch list`), an arch JSON
-    /// file, or block strings in timm or TF grammar, e.g.
-    /// "ds_r1_k3_s1_c16 ir_r2_k3_s2_e6_c24_se0.25 ir_r1_k5_s2_e6_c40".
+    /// file, block strings in timm or TF grammar, e.g.
+    /// "ds_r1_k3_s1_c16 ir_r2_k3_s2_e6_c24_se0.25 ir_r1_k5_s2_e6_c40", or the one-line form that
+    /// stores, CSVs and reports print ("stem32|ds_r1_k3_s1_c16,...|head1280|relu|w1|c10|r224").
     Show {
-        /// Model name, arch JSON file, or block strings.
+        /// Model name, arch JSON file, block strings, or the one-line form outputs print.
         arch: String,
         #[command(flatten)]
         overrides: ArchOverrides,

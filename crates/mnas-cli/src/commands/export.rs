@@ -17,7 +17,8 @@ pub enum ExportCommand {
     /// The file is written to a temp file beside `--out` and renamed, so an error never leaves
     /// a partial model behind.
     Onnx {
-        /// Architecture: a zoo name (mnasnet-a1, ...), an arch JSON file, or block strings.
+        /// Architecture: a zoo name (mnasnet-a1, ...), an arch JSON file, block strings, or the one-line
+        /// form outputs print (stem32|...|r224).
         #[arg(long)]
         arch: String,
         #[command(flatten)]

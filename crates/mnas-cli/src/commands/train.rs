@@ -72,7 +72,7 @@ impl DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Architecture: model name, arch JSON file, or block strings.
+    /// Architecture: model name, arch JSON file, block strings, or the one-line form outputs print.
     #[arg(long, default_value = "mnasnet-small")]
     pub arch: String,
     #[command(flatten)]

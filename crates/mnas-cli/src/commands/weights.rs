@@ -15,7 +15,7 @@ pub enum WeightsCommand {
     ///
     /// Every tensor is checked by name and shape; a checkpoint of another architecture is refused.
     Import {
-        /// Architecture the checkpoint belongs to (name, arch JSON, or block strings).
+        /// Architecture the checkpoint belongs to (name, arch JSON, block strings, or the one-line form).
         #[arg(long)]
         arch: String,
         #[command(flatten)]

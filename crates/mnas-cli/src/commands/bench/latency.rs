@@ -5,13 +5,45 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mnas_latency::engines::{rank_fidelity, side_by_side};
 use mnas_latency::measure::{op_breakdown, planned_cores};
-use mnas_latency::{BuiltIn, MeasureOptions, OrtEngine};
+use mnas_latency::{BuiltIn, LocalEngine, MeasureOptions, OrtEngine};
+
+/// The engine set against ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Contender {
+    /// mnas's own engine.
+    #[value(name = "built-in")]
+    BuiltIn,
+    /// A second ONNX Runtime session, measured exactly as the built-in engine would be.
+    Ort,
+}
+
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Contender::BuiltIn => "built-in",
+            Contender::Ort => "ORT again",
+        }
+    }
+
+    /// The CSV column of its latencies.
+    fn column(self) -> &'static str {
+        match self {
+            Contender::BuiltIn => "builtin_ms",
+            Contender::Ort => "ort_again_ms",
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct BenchLatencyArgs {
+    /// The engine compared with ONNX Runtime. `ort` sets ORT against a second session of itself,
+    /// measured in the same turns: the tau it reaches is the most that any engine can reach against
+    /// ORT here with these runs and passes, the ceiling that measurement noise puts on the figure.
+    #[arg(long, value_enum, default_value = "built-in")]
+    pub engine: Contender,
     /// The model compared side by side.
     #[arg(long, default_value = "mnasnet-a1")]
     pub arch: String,
@@ -56,46 +88,55 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
     }
     let ort = OrtEngine::load(args.ort_lib.as_deref())?;
+    let (contender, label): (&dyn LocalEngine, _) = match args.engine {
+        Contender::BuiltIn => (&BuiltIn, args.engine.label()),
+        Contender::Ort => (ort, args.engine.label()),
+    };
     let mut arch = crate::spec::resolve(&args.arch, &Default::default())?;
     arch.resolution = args.resolution;
     let opts = MeasureOptions { threads: args.threads, runs: args.runs, warmup: 10, ..MeasureOptions::default() };
     let cores = planned_cores(&opts)?;
     println!(
-        "bench latency: batch 1, {} thread(s) pinned to {:?}, built-in engine {} vs ONNX Runtime {} ({})",
+        "bench latency: batch 1, {} thread(s) pinned to {:?}, {} vs ONNX Runtime {} ({})",
         args.threads,
         cores,
-        mnas_latency::ENGINE_VERSION,
+        match args.engine {
+            Contender::BuiltIn => format!("built-in engine {}", mnas_latency::ENGINE_VERSION),
+            Contender::Ort => "ONNX Runtime (a second session)".to_string(),
+        },
         ort.version,
         ort.library.display()
     );
     println!("load average before: {}", super::load_avg());
-    let s = side_by_side(&arch, &opts, &BuiltIn, ort, args.rounds)?;
+    let s = side_by_side(&arch, &opts, contender, ort, args.rounds)?;
     let name = arch.name.clone().unwrap_or_else(|| args.arch.clone());
     for (i, (a, b)) in s.rounds.iter().enumerate() {
-        println!("  round {}: built-in {a:.2} ms, ORT {b:.2} ms", i + 1);
+        println!("  round {}: {label} {a:.2} ms, ORT {b:.2} ms", i + 1);
     }
     println!(
-        "{name} at {r}x{r}: built-in median {:.2} ms, ORT median {:.2} ms: built-in / ORT = {:.2}x",
+        "{name} at {r}x{r}: {label} median {:.2} ms, ORT median {:.2} ms: {label} / ORT = {:.2}x",
         s.a_ms(),
         s.b_ms(),
         s.ratio(),
         r = args.resolution
     );
-    let ops = op_breakdown(&arch, &opts)?;
-    let total: f64 = ops.iter().map(|o| o.1).sum();
-    println!("built-in engine by op ({name}, median of {} passes):", args.runs);
-    for (op, ms) in &ops {
-        println!("  {op:<16} {ms:7.2} ms  {:5.1} %", 100.0 * ms / total.max(1e-9));
+    if args.engine == Contender::BuiltIn {
+        let ops = op_breakdown(&arch, &opts)?;
+        let total: f64 = ops.iter().map(|o| o.1).sum();
+        println!("built-in engine by op ({name}, median of {} passes):", args.runs);
+        for (op, ms) in &ops {
+            println!("  {op:<16} {ms:7.2} ms  {:5.1} %", 100.0 * ms / total.max(1e-9));
+        }
     }
     if args.archs > 0 {
         let space = mnas_space::SearchSpace { resolution: args.resolution, num_classes: 10, ..Default::default() };
         let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
-        let r = rank_fidelity(&space, args.archs, args.seed, &small, args.passes, &BuiltIn, ort, &mut |done, n| {
+        let r = rank_fidelity(&space, args.archs, args.seed, &small, args.passes, contender, ort, &mut |done, n| {
             eprint!("\r  rank agreement: {done}/{n} measurements on both engines");
         })?;
         eprintln!();
         if let Some(path) = &args.csv {
-            let mut text = String::from("arch,builtin_ms,ort_ms,macs\n");
+            let mut text = format!("arch,{},ort_ms,macs\n", args.engine.column());
             for (arch, a, b, macs) in &r.rows {
                 text.push_str(&format!("\"{arch}\",{a:.4},{b:.4},{macs}\n"));
             }
@@ -108,8 +149,8 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         let repeat = if r.passes == 1 { "measured again" } else { "one pass against another" };
         println!(
             "rank agreement over {} sampled architectures at {r}x{r} (seed {}, median of {} passes): Kendall tau \
-             built-in vs ORT {} (95 % interval {}), MACs vs ORT {}, ORT vs ORT {repeat} {} (the noise of one \
-             measurement); built-in / ORT {:.2}x on average",
+             {label} vs ORT {} (95 % interval {}), MACs vs ORT {}, ORT vs ORT {repeat} {} (the noise of one \
+             measurement); {label} / ORT {:.2}x on average",
             r.rows.len(),
             args.seed,
             r.passes,

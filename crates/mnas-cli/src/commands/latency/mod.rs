@@ -47,7 +47,8 @@ pub struct LatencyArgs {
     /// The lookup-table predictor: build-lut, predict, lut-report (`mnas latency --arch A` measures).
     #[command(subcommand)]
     pub command: Option<lut::LutCommand>,
-    /// Architecture: a zoo name (mnasnet-a1, ...), an arch JSON file, or block strings.
+    /// Architecture: a zoo name (mnasnet-a1, ...), an arch JSON file, block strings, or the one-line
+    /// form outputs print (stem32|...|r224).
     #[arg(long, required = true)]
     pub arch: Option<String>,
     #[command(flatten)]
