@@ -190,7 +190,7 @@ fn onnx_runtime_in_process() {
 
 /// The benchmark end to end on small settings, with ONNX Runtime set against a second session of
 /// itself (the ceiling that noise puts on the tau): its lines, its CSV, and each CSV arch read back
-/// as `--arch` in the one-line form the CSV prints.
+/// as `--arch` in the one-line form the CSV prints; the built-in engine against itself without ORT.
 #[test]
 fn bench_latency_sets_ort_against_itself_and_its_archs_read_back() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -224,4 +224,19 @@ fn bench_latency_sets_ort_against_itself_and_its_archs_read_back() {
         assert_eq!(back.canonical(), arch);
     }
     assert_clean_error(&["arch", "show", "stem32|ds_r1_k3_s1_c16|head1280|gelu|w1|c10|r224"], "unknown activation");
+
+    // The built-in engine against itself needs no ONNX Runtime: a missing library is not loaded.
+    let o = Command::new(env!("CARGO_BIN_EXE_mnas"))
+        .args(["bench", "latency", "--engine", "built-in", "--baseline", "built-in", "--arch", "mnasnet-small"])
+        .args(["--resolution", "64", "--runs", "3", "--rounds", "1", "--archs", "3", "--archs-runs", "2"])
+        .env("MNAS_ORT_LIB", "/no/such/libonnxruntime.so")
+        .output()
+        .expect("run mnas");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(out.contains("built-in again / built-in = ") && out.contains("built-in engine by op"), "{out}");
+    assert!(out.contains("Kendall tau built-in again vs built-in"), "{out}");
+    let args = ["bench", "latency", "--baseline", "ort", "--ort-lib", "/no/such/libonnxruntime.so", "--archs", "0"];
+    let o = Command::new(env!("CARGO_BIN_EXE_mnas")).args(args).output().expect("run mnas");
+    common::assert_error(&o, &args, "no such file", true);
 }

@@ -1,6 +1,6 @@
-//! `mnas bench latency`: the built-in engine against ONNX Runtime in the same run: MnasNet-A1
-//! side by side (their ratio), the built-in engine's op breakdown, and how well the two engines
-//! agree on the order of sampled models (Kendall tau).
+//! `mnas bench latency`: the built-in engine against ONNX Runtime (or either against a second
+//! instance of itself) in the same run: MnasNet-A1 side by side (their ratio), the built-in
+//! engine's op breakdown, and how well the two agree on the order of sampled models (Kendall tau).
 
 use std::path::PathBuf;
 
@@ -10,40 +10,44 @@ use mnas_latency::engines::{rank_fidelity, side_by_side};
 use mnas_latency::measure::{op_breakdown, planned_cores};
 use mnas_latency::{BuiltIn, LocalEngine, MeasureOptions, OrtEngine};
 
-/// The engine set against ONNX Runtime.
+/// An engine of this machine the benchmark can time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Contender {
+pub enum Engine {
     /// mnas's own engine.
     #[value(name = "built-in")]
     BuiltIn,
-    /// A second ONNX Runtime session, measured exactly as the built-in engine would be.
+    /// ONNX Runtime in process.
     Ort,
 }
 
-impl Contender {
-    fn label(self) -> &'static str {
+impl Engine {
+    fn name(self) -> &'static str {
         match self {
-            Contender::BuiltIn => "built-in",
-            Contender::Ort => "ORT again",
+            Engine::BuiltIn => "built-in",
+            Engine::Ort => "ORT",
         }
     }
 
     /// The CSV column of its latencies.
     fn column(self) -> &'static str {
         match self {
-            Contender::BuiltIn => "builtin_ms",
-            Contender::Ort => "ort_again_ms",
+            Engine::BuiltIn => "builtin_ms",
+            Engine::Ort => "ort_ms",
         }
     }
 }
 
 #[derive(Args, Debug)]
 pub struct BenchLatencyArgs {
-    /// The engine compared with ONNX Runtime. `ort` sets ORT against a second session of itself,
-    /// measured in the same turns: the tau it reaches is the most that any engine can reach against
-    /// ORT here with these runs and passes, the ceiling that measurement noise puts on the figure.
+    /// The engine compared.
     #[arg(long, value_enum, default_value = "built-in")]
-    pub engine: Contender,
+    pub engine: Engine,
+    /// The engine it is compared with. The same engine as --engine sets a second instance of it
+    /// against the first, measured in the same turns: the tau they reach is the most that any
+    /// engine can reach against it here with these runs and passes (the ceiling that measurement
+    /// noise puts on the figure).
+    #[arg(long, value_enum, default_value = "ort")]
+    pub baseline: Engine,
     /// The model compared side by side.
     #[arg(long, default_value = "mnasnet-a1")]
     pub arch: String,
@@ -71,7 +75,7 @@ pub struct BenchLatencyArgs {
     /// has then (a VM's moves by 10-20 % in spells of seconds); passes average the spells out.
     #[arg(long, default_value_t = 3)]
     pub passes: usize,
-    /// Also write the sampled architectures' latencies (arch, built-in ms, ORT ms, MACs) as CSV.
+    /// Also write the sampled architectures' latencies (arch, engine ms, baseline ms, MACs) as CSV.
     #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
     /// libonnxruntime.so [default: $MNAS_ORT_LIB, else the onnxruntime wheel of $VIRTUAL_ENV or ./.venv].
@@ -87,40 +91,48 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         // Before minutes of measuring, not after.
         std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let ort = OrtEngine::load(args.ort_lib.as_deref())?;
-    let (contender, label): (&dyn LocalEngine, _) = match args.engine {
-        Contender::BuiltIn => (&BuiltIn, args.engine.label()),
-        Contender::Ort => (ort, args.engine.label()),
+    let uses_ort = args.engine == Engine::Ort || args.baseline == Engine::Ort;
+    let ort = if uses_ort { Some(OrtEngine::load(args.ort_lib.as_deref())?) } else { None };
+    let engine_of = |e: Engine| -> &dyn LocalEngine {
+        match (e, ort) {
+            (Engine::Ort, Some(ort)) => ort,
+            _ => &BuiltIn,
+        }
     };
+    let (a, b) = (engine_of(args.engine), engine_of(args.baseline));
+    let same = args.engine == args.baseline;
+    let (a_name, b_name) = (args.engine.name(), args.baseline.name());
+    // A second instance of the same engine is told apart by name.
+    let a_label = if same { format!("{a_name} again") } else { a_name.to_string() };
     let mut arch = crate::spec::resolve(&args.arch, &Default::default())?;
     arch.resolution = args.resolution;
     let opts = MeasureOptions { threads: args.threads, runs: args.runs, warmup: 10, ..MeasureOptions::default() };
     let cores = planned_cores(&opts)?;
+    let describe = |e: Engine| match (e, ort) {
+        (Engine::Ort, Some(ort)) => format!("ONNX Runtime {} ({})", ort.version, ort.library.display()),
+        _ => format!("the built-in engine {}", mnas_latency::ENGINE_VERSION),
+    };
     println!(
-        "bench latency: batch 1, {} thread(s) pinned to {:?}, {} vs ONNX Runtime {} ({})",
+        "bench latency: batch 1, {} thread(s) pinned to {:?}, {} against {}",
         args.threads,
         cores,
-        match args.engine {
-            Contender::BuiltIn => format!("built-in engine {}", mnas_latency::ENGINE_VERSION),
-            Contender::Ort => "ONNX Runtime (a second session)".to_string(),
-        },
-        ort.version,
-        ort.library.display()
+        describe(args.engine),
+        if same { "a second instance of it".to_string() } else { describe(args.baseline) }
     );
     println!("load average before: {}", super::load_avg());
-    let s = side_by_side(&arch, &opts, contender, ort, args.rounds)?;
+    let s = side_by_side(&arch, &opts, a, b, args.rounds)?;
     let name = arch.name.clone().unwrap_or_else(|| args.arch.clone());
     for (i, (a, b)) in s.rounds.iter().enumerate() {
-        println!("  round {}: {label} {a:.2} ms, ORT {b:.2} ms", i + 1);
+        println!("  round {}: {a_label} {a:.2} ms, {b_name} {b:.2} ms", i + 1);
     }
     println!(
-        "{name} at {r}x{r}: {label} median {:.2} ms, ORT median {:.2} ms: {label} / ORT = {:.2}x",
+        "{name} at {r}x{r}: {a_label} median {:.2} ms, {b_name} median {:.2} ms: {a_label} / {b_name} = {:.2}x",
         s.a_ms(),
         s.b_ms(),
         s.ratio(),
         r = args.resolution
     );
-    if args.engine == Contender::BuiltIn {
+    if args.engine == Engine::BuiltIn {
         let ops = op_breakdown(&arch, &opts)?;
         let total: f64 = ops.iter().map(|o| o.1).sum();
         println!("built-in engine by op ({name}, median of {} passes):", args.runs);
@@ -131,12 +143,14 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
     if args.archs > 0 {
         let space = mnas_space::SearchSpace { resolution: args.resolution, num_classes: 10, ..Default::default() };
         let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
-        let r = rank_fidelity(&space, args.archs, args.seed, &small, args.passes, contender, ort, &mut |done, n| {
+        let r = rank_fidelity(&space, args.archs, args.seed, &small, args.passes, a, b, &mut |done, n| {
             eprint!("\r  rank agreement: {done}/{n} measurements on both engines");
         })?;
         eprintln!();
         if let Some(path) = &args.csv {
-            let mut text = format!("arch,{},ort_ms,macs\n", args.engine.column());
+            let a_column =
+                if same { args.engine.column().replace("_ms", "_again_ms") } else { args.engine.column().into() };
+            let mut text = format!("arch,{a_column},{},macs\n", args.baseline.column());
             for (arch, a, b, macs) in &r.rows {
                 text.push_str(&format!("\"{arch}\",{a:.4},{b:.4},{macs}\n"));
             }
@@ -149,8 +163,8 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         let repeat = if r.passes == 1 { "measured again" } else { "one pass against another" };
         println!(
             "rank agreement over {} sampled architectures at {r}x{r} (seed {}, median of {} passes): Kendall tau \
-             {label} vs ORT {} (95 % interval {}), MACs vs ORT {}, ORT vs ORT {repeat} {} (the noise of one \
-             measurement); {label} / ORT {:.2}x on average",
+             {a_label} vs {b_name} {} (95 % interval {}), MACs vs {b_name} {}, {b_name} vs {b_name} {repeat} {} \
+             (the noise of one measurement); {a_label} / {b_name} {:.2}x on average",
             r.rows.len(),
             args.seed,
             r.passes,
