@@ -2,7 +2,7 @@
 //! instance of itself) in the same run: MnasNet-A1 side by side (their ratio), the built-in
 //! engine's op breakdown, and how well the two agree on the order of sampled models (Kendall tau).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -20,20 +20,35 @@ pub enum Engine {
     Ort,
 }
 
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::BuiltIn => "built-in",
-            Engine::Ort => "ORT",
-        }
-    }
-
+/// One side of the comparison: the engine and how the output names it.
+struct Side {
+    engine: &'static dyn LocalEngine,
+    name: &'static str,
     /// The CSV column of its latencies.
-    fn column(self) -> &'static str {
-        match self {
-            Engine::BuiltIn => "builtin_ms",
-            Engine::Ort => "ort_ms",
-        }
+    column: &'static str,
+    description: String,
+}
+
+impl Engine {
+    /// The engine behind the name (ONNX Runtime is loaded here, so only when a side needs it).
+    fn side(self, ort_lib: Option<&Path>) -> Result<Side> {
+        Ok(match self {
+            Engine::BuiltIn => Side {
+                engine: &BuiltIn,
+                name: "built-in",
+                column: "builtin_ms",
+                description: format!("the built-in engine {}", mnas_latency::ENGINE_VERSION),
+            },
+            Engine::Ort => {
+                let ort = OrtEngine::load(ort_lib)?;
+                Side {
+                    engine: ort,
+                    name: "ORT",
+                    column: "ort_ms",
+                    description: format!("ONNX Runtime {} ({})", ort.version, ort.library.display()),
+                }
+            }
+        })
     }
 }
 
@@ -91,36 +106,24 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         // Before minutes of measuring, not after.
         std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let uses_ort = args.engine == Engine::Ort || args.baseline == Engine::Ort;
-    let ort = if uses_ort { Some(OrtEngine::load(args.ort_lib.as_deref())?) } else { None };
-    let engine_of = |e: Engine| -> &dyn LocalEngine {
-        match (e, ort) {
-            (Engine::Ort, Some(ort)) => ort,
-            _ => &BuiltIn,
-        }
-    };
-    let (a, b) = (engine_of(args.engine), engine_of(args.baseline));
+    let (a, b) = (args.engine.side(args.ort_lib.as_deref())?, args.baseline.side(args.ort_lib.as_deref())?);
     let same = args.engine == args.baseline;
-    let (a_name, b_name) = (args.engine.name(), args.baseline.name());
+    let b_name = b.name;
     // A second instance of the same engine is told apart by name.
-    let a_label = if same { format!("{a_name} again") } else { a_name.to_string() };
+    let a_label = if same { format!("{} again", a.name) } else { a.name.to_string() };
     let mut arch = crate::spec::resolve(&args.arch, &Default::default())?;
     arch.resolution = args.resolution;
     let opts = MeasureOptions { threads: args.threads, runs: args.runs, warmup: 10, ..MeasureOptions::default() };
     let cores = planned_cores(&opts)?;
-    let describe = |e: Engine| match (e, ort) {
-        (Engine::Ort, Some(ort)) => format!("ONNX Runtime {} ({})", ort.version, ort.library.display()),
-        _ => format!("the built-in engine {}", mnas_latency::ENGINE_VERSION),
-    };
     println!(
         "bench latency: batch 1, {} thread(s) pinned to {:?}, {} against {}",
         args.threads,
         cores,
-        describe(args.engine),
-        if same { "a second instance of it".to_string() } else { describe(args.baseline) }
+        a.description,
+        if same { "a second instance of it" } else { &b.description }
     );
     println!("load average before: {}", super::load_avg());
-    let s = side_by_side(&arch, &opts, a, b, args.rounds)?;
+    let s = side_by_side(&arch, &opts, a.engine, b.engine, args.rounds)?;
     let name = arch.name.clone().unwrap_or_else(|| args.arch.clone());
     for (i, (a, b)) in s.rounds.iter().enumerate() {
         println!("  round {}: {a_label} {a:.2} ms, {b_name} {b:.2} ms", i + 1);
@@ -143,14 +146,14 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
     if args.archs > 0 {
         let space = mnas_space::SearchSpace { resolution: args.resolution, num_classes: 10, ..Default::default() };
         let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
-        let r = rank_fidelity(&space, args.archs, args.seed, &small, args.passes, a, b, &mut |done, n| {
-            eprint!("\r  rank agreement: {done}/{n} measurements on both engines");
-        })?;
+        let r =
+            rank_fidelity(&space, args.archs, args.seed, &small, args.passes, a.engine, b.engine, &mut |done, n| {
+                eprint!("\r  rank agreement: {done}/{n} measurements on both engines");
+            })?;
         eprintln!();
         if let Some(path) = &args.csv {
-            let a_column =
-                if same { args.engine.column().replace("_ms", "_again_ms") } else { args.engine.column().into() };
-            let mut text = format!("arch,{a_column},{},macs\n", args.baseline.column());
+            let a_column = if same { a.column.replace("_ms", "_again_ms") } else { a.column.into() };
+            let mut text = format!("arch,{a_column},{},macs\n", b.column);
             for (arch, a, b, macs) in &r.rows {
                 text.push_str(&format!("\"{arch}\",{a:.4},{b:.4},{macs}\n"));
             }
