@@ -227,7 +227,7 @@ fn bench_latency_sets_ort_against_itself_and_its_archs_read_back() {
 
     // The built-in engine against itself needs no ONNX Runtime: a missing library is not loaded.
     let o = Command::new(env!("CARGO_BIN_EXE_mnas"))
-        .args(["bench", "latency", "--engine", "built-in", "--baseline", "built-in", "--arch", "mnasnet-small"])
+        .args(["bench", "latency", "--engine", "built-in", "--against", "built-in", "--arch", "mnasnet-small"])
         .args(["--resolution", "64", "--runs", "3", "--rounds", "1", "--archs", "3", "--archs-runs", "2"])
         .env("MNAS_ORT_LIB", "/no/such/libonnxruntime.so")
         .output()
@@ -236,7 +236,7 @@ fn bench_latency_sets_ort_against_itself_and_its_archs_read_back() {
     let out = stdout(&o);
     assert!(out.contains("built-in again / built-in = ") && out.contains("built-in engine by op"), "{out}");
     assert!(out.contains("Kendall tau built-in again vs built-in"), "{out}");
-    let args = ["bench", "latency", "--baseline", "ort", "--ort-lib", "/no/such/libonnxruntime.so", "--archs", "0"];
+    let args = ["bench", "latency", "--against", "ort", "--ort-lib", "/no/such/libonnxruntime.so", "--archs", "0"];
     let o = Command::new(env!("CARGO_BIN_EXE_mnas")).args(args).output().expect("run mnas");
     common::assert_error(&o, &args, "no such file", true);
 }

@@ -62,7 +62,7 @@ pub struct BenchLatencyArgs {
     /// engine can reach against it here with these runs and passes (the ceiling that measurement
     /// noise puts on the figure).
     #[arg(long, value_enum, default_value = "ort")]
-    pub baseline: Engine,
+    pub against: Engine,
     /// The model compared side by side.
     #[arg(long, default_value = "mnasnet-a1")]
     pub arch: String,
@@ -90,7 +90,7 @@ pub struct BenchLatencyArgs {
     /// has then (a VM's moves by 10-20 % in spells of seconds); passes average the spells out.
     #[arg(long, default_value_t = 3)]
     pub passes: usize,
-    /// Also write the sampled architectures' latencies (arch, engine ms, baseline ms, MACs) as CSV.
+    /// Also write the sampled architectures' latencies (arch, engine ms, the --against engine ms, MACs) as CSV.
     #[arg(long, value_name = "PATH")]
     pub csv: Option<PathBuf>,
     /// libonnxruntime.so [default: $MNAS_ORT_LIB, else the onnxruntime wheel of $VIRTUAL_ENV or ./.venv].
@@ -106,8 +106,8 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         // Before minutes of measuring, not after.
         std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let (a, b) = (args.engine.side(args.ort_lib.as_deref())?, args.baseline.side(args.ort_lib.as_deref())?);
-    let same = args.engine == args.baseline;
+    let (a, b) = (args.engine.side(args.ort_lib.as_deref())?, args.against.side(args.ort_lib.as_deref())?);
+    let same = args.engine == args.against;
     let b_name = b.name;
     // A second instance of the same engine is told apart by name.
     let a_label = if same { format!("{} again", a.name) } else { a.name.to_string() };
