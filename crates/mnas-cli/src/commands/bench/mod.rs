@@ -27,6 +27,7 @@ pub enum BenchCommand {
     /// breakdown) and their rank agreement over sampled models (Kendall tau).
     ///
     /// Example: mnas bench latency --arch mnasnet-a1 --archs 50
+    ///
     /// The ceiling noise puts on that tau: mnas bench latency --engine ort --against ort
     Latency(latency::BenchLatencyArgs),
     /// Train the reference accuracies of the proxy benchmark's sample (hours; resumable).
