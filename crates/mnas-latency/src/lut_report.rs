@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::lut::{Accuracy, Lut, LutError, LutResult};
 use crate::measure::{LocalEngine, MeasureOptions};
 use crate::passes::measure_in_passes;
-use crate::stats::mean_over_pairs;
+use crate::stats::{mean_of, pairs};
 use crate::store::Store;
 
 /// `n` archs of the table's space drawn with `seed`, none of them one its overhead fit measured
@@ -143,11 +143,13 @@ pub fn judge(
     let (predicted, macs) = (col(&|r| r.predicted), col(&|r| r.macs as f64));
     let accuracy = Accuracy::of(&predicted, &col(&|r| r.layer_sum), &macs, &col(&|r| r.measured));
     let per_pass = (0..passes).map(|i| Accuracy::of(&predicted, &predicted, &macs, &measured.pass(i))).collect();
-    let pair = |i: usize, j: usize| Accuracy::of(&measured.pass(j), &measured.pass(j), &macs, &measured.pass(i));
+    let pairs: Vec<Accuracy> = pairs(passes)
+        .map(|(i, j)| Accuracy::of(&measured.pass(j), &measured.pass(j), &macs, &measured.pass(i)))
+        .collect();
     let pass_agreement = (passes > 1).then(|| PassAgreement {
-        pairs: passes * (passes - 1) / 2,
-        within_10pct: mean_over_pairs(passes, |i, j| Some(pair(i, j).within_10pct)).unwrap_or(f64::NAN),
-        tau: mean_over_pairs(passes, |i, j| pair(i, j).tau_prediction),
+        pairs: pairs.len(),
+        within_10pct: mean_of(pairs.iter().map(|a| Some(a.within_10pct))).unwrap_or(f64::NAN),
+        tau: mean_of(pairs.iter().map(|a| a.tau_prediction)),
     });
     let mean_predict_us = rows.iter().map(|r| r.predict_us).sum::<f64>() / rows.len().max(1) as f64;
     let t = Instant::now();

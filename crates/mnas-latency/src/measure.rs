@@ -365,8 +365,6 @@ impl Input {
     }
 }
 
-/// Runs on a pinned pool thread: builds the model there (its memory is first touched by the
-/// measuring core), warms up, times, and re-measures while the spread is too wide.
 /// Times `runs` runs of `model` back to back, appending each (ms) to `times`; `after_each` gets
 /// the count done so far.
 pub(crate) fn time_runs(
@@ -384,6 +382,8 @@ pub(crate) fn time_runs(
     Ok(())
 }
 
+/// Runs on a pinned pool thread: builds the model there (its memory is first touched by the
+/// measuring core), warms up, times, and re-measures while the spread is too wide.
 fn run_pinned(
     engine: &dyn LocalEngine,
     arch: &Arch,

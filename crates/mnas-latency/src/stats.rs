@@ -40,11 +40,21 @@ pub fn median(values: &[f64]) -> f64 {
     quantile(&sorted, 0.5)
 }
 
-/// The mean of `f(i, j)` over every pair `i < j` of `n` items (one pass against another, say);
-/// `None` when there is no pair or `f` has no value for one of them.
-pub fn mean_over_pairs(n: usize, f: impl Fn(usize, usize) -> Option<f64>) -> Option<f64> {
-    let values: Option<Vec<f64>> = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| f(i, j)).collect();
+/// Every pair `(i, j)` with `i < j < n` (one pass against another, say).
+pub fn pairs(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).flat_map(move |i| (i + 1..n).map(move |j| (i, j)))
+}
+
+/// The mean of `values`; `None` when there is none or one of them is `None`.
+pub fn mean_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Option<Vec<f64>> = values.into_iter().collect();
     values.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The mean of `f(i, j)` over every pair `i < j` of `n` items; `None` when there is no pair or
+/// `f` has no value for one of them.
+pub fn mean_over_pairs(n: usize, f: impl Fn(usize, usize) -> Option<f64>) -> Option<f64> {
+    mean_of(pairs(n).map(|(i, j)| f(i, j)))
 }
 
 impl Stats {
