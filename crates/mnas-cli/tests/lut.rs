@@ -84,6 +84,13 @@ fn dry_run_counts_the_configurations_of_the_space() {
     let json: serde_json::Value =
         serde_json::from_str(&ok(&["latency", "build-lut", "--dry-run", "--json"])).expect("JSON");
     assert_eq!((json["space"].as_u64(), json["configs"].as_u64()), (Some(2340), Some(2354)), "{json}");
+    // The engine is spelled as in `mnas bench latency` (built-in), the older `builtin` still read.
+    for engine in ["built-in", "builtin"] {
+        let again = ok(&["latency", "build-lut", "--dry-run", "--resolution", "224", "--engine", engine]);
+        assert_eq!(again, out, "--engine {engine}");
+    }
+    let args = ["latency", "build-lut", "--dry-run", "--engine", "onnx"];
+    common::assert_error(&mnas(&args), &args, "invalid value 'onnx'", false);
 }
 
 #[test]

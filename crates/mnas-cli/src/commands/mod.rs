@@ -1,10 +1,12 @@
 pub mod agent;
 pub mod arch;
 pub mod bench;
+pub mod engine_arg;
 pub mod export;
 pub mod export_arch;
 pub mod latency;
 pub mod pareto;
+pub mod progress;
 pub mod proxy_args;
 pub mod report;
 pub mod search;

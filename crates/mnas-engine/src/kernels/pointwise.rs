@@ -22,6 +22,9 @@ const NR: usize = 32;
 const MR: usize = 12;
 /// Output pixels per task: the block's inputs stay in L2 while every panel passes over them.
 const ROWS_PER_BLOCK: usize = 8 * MR;
+/// How many reduction steps ahead of the tile its weights are prefetched (16 and 32 measured
+/// best, 4 and 64 worse, on a 49 x 320 -> 1280 product with weights from L3).
+const PREFETCH_STEPS: usize = 16;
 
 /// A 1x1 convolution's weights (`k x n`, output channel innermost) and bias, packed for the
 /// AVX-512 kernel.
@@ -225,6 +228,16 @@ unsafe fn tile<const R: usize, const TWO: bool>(t: &Tile, runs: &[Run], len: usi
         for kk in 0..len {
             let w0 = _mm512_loadu_ps(panel.add(kk * NR));
             let w1 = if TWO { _mm512_loadu_ps(panel.add(kk * NR + 16)) } else { w0 };
+            // A layer's weights come from L3 (each is used once per inference), and the tile
+            // consumes them faster than the hardware prefetcher fetches them: asking for them
+            // PREFETCH_STEPS steps ahead made a 49-pixel tile 20-30 % faster on a Xeon
+            // (the first tile of a panel, which reads it from L3, stalls less). A prefetch past
+            // the panel's end touches the next panel, or nothing: prefetches never fault.
+            let ahead = panel.wrapping_add((kk + PREFETCH_STEPS) * NR);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            if TWO {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
+            }
             for i in 0..R {
                 let a = _mm512_set1_ps(*run.x.add(i * row_stride + kk));
                 lo[i] = _mm512_fmadd_ps(a, w0, lo[i]);

@@ -5,20 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use mnas_latency::engines::{rank_fidelity, side_by_side};
 use mnas_latency::measure::{op_breakdown, planned_cores};
 use mnas_latency::{BuiltIn, LocalEngine, MeasureOptions, OrtEngine};
 
-/// An engine of this machine the benchmark can time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Engine {
-    /// mnas's own engine.
-    #[value(name = "built-in")]
-    BuiltIn,
-    /// ONNX Runtime in process.
-    Ort,
-}
+use crate::commands::engine_arg::EngineArg;
+use crate::commands::progress;
 
 /// One side of the comparison: the engine and how the output names it.
 struct Side {
@@ -29,40 +22,39 @@ struct Side {
     description: String,
 }
 
-impl Engine {
-    /// The engine behind the name (ONNX Runtime is loaded here, so only when a side needs it).
-    fn side(self, ort_lib: Option<&Path>) -> Result<Side> {
-        Ok(match self {
-            Engine::BuiltIn => Side {
-                engine: &BuiltIn,
-                name: "built-in",
-                column: "builtin_ms",
-                description: format!("the built-in engine {}", mnas_latency::ENGINE_VERSION),
-            },
-            Engine::Ort => {
-                let ort = OrtEngine::load(ort_lib)?;
-                Side {
-                    engine: ort,
-                    name: "ORT",
-                    column: "ort_ms",
-                    description: format!("ONNX Runtime {} ({})", ort.version, ort.library.display()),
-                }
+/// One side of the comparison for `engine`: the engine and how the output names it (ONNX
+/// Runtime is loaded here, so only when a side needs it).
+fn side(engine: EngineArg, ort_lib: Option<&Path>) -> Result<Side> {
+    Ok(match engine {
+        EngineArg::BuiltIn => Side {
+            engine: &BuiltIn,
+            name: "built-in",
+            column: "builtin_ms",
+            description: format!("the built-in engine {}", mnas_latency::ENGINE_VERSION),
+        },
+        EngineArg::Ort => {
+            let ort = OrtEngine::load(ort_lib)?;
+            Side {
+                engine: ort,
+                name: "ORT",
+                column: "ort_ms",
+                description: format!("ONNX Runtime {} ({})", ort.version, ort.library.display()),
             }
-        })
-    }
+        }
+    })
 }
 
 #[derive(Args, Debug)]
 pub struct BenchLatencyArgs {
     /// The engine compared.
     #[arg(long, value_enum, default_value = "built-in")]
-    pub engine: Engine,
+    pub engine: EngineArg,
     /// The engine it is compared with. The same engine as --engine sets a second instance of it
     /// against the first, measured in the same turns: the tau they reach is the most that any
     /// engine can reach against it here with these runs and passes (the ceiling that measurement
     /// noise puts on the figure).
     #[arg(long, value_enum, default_value = "ort")]
-    pub against: Engine,
+    pub against: EngineArg,
     /// The model compared side by side.
     #[arg(long, default_value = "mnasnet-a1")]
     pub arch: String,
@@ -106,7 +98,7 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         // Before minutes of measuring, not after.
         std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let (a, b) = (args.engine.side(args.ort_lib.as_deref())?, args.against.side(args.ort_lib.as_deref())?);
+    let (a, b) = (side(args.engine, args.ort_lib.as_deref())?, side(args.against, args.ort_lib.as_deref())?);
     let same = args.engine == args.against;
     let b_name = b.name;
     // A second instance of the same engine is told apart by name.
@@ -135,7 +127,7 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
         s.ratio(),
         r = args.resolution
     );
-    if args.engine == Engine::BuiltIn {
+    if args.engine == EngineArg::BuiltIn {
         let ops = op_breakdown(&arch, &opts)?;
         let total: f64 = ops.iter().map(|o| o.1).sum();
         println!("built-in engine by op ({name}, median of {} passes):", args.runs);
@@ -146,11 +138,20 @@ pub fn run(args: BenchLatencyArgs) -> Result<()> {
     if args.archs > 0 {
         let space = mnas_space::SearchSpace { resolution: args.resolution, num_classes: 10, ..Default::default() };
         let small = MeasureOptions { runs: args.archs_runs, warmup: 3, ..opts.clone() };
+        let bar = progress::bar(
+            Some((args.archs * args.passes) as u64),
+            "  rank agreement [{bar:30}] {pos}/{len} measurements on both engines, {elapsed}, ETA {eta}",
+        );
         let r =
-            rank_fidelity(&space, args.archs, args.seed, &small, args.passes, a.engine, b.engine, &mut |done, n| {
-                eprint!("\r  rank agreement: {done}/{n} measurements on both engines");
-            })?;
-        eprintln!();
+            rank_fidelity(&space, args.archs, args.seed, &small, args.passes, a.engine, b.engine, &mut |done, _| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done as u64);
+                }
+            });
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let r = r?;
         if let Some(path) = &args.csv {
             let a_column = if same { a.column.replace("_ms", "_again_ms") } else { a.column.into() };
             let mut text = format!("arch,{a_column},{},macs\n", b.column);

@@ -1,16 +1,16 @@
 //! `mnas bench reference` and `mnas bench proxy`: printing and progress around the fidelity
 //! benchmark of mnas-pipeline.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use mnas_engine::train::{Decay, Optimizer, Progress, RunResult};
 use mnas_pipeline::fidelity::{JobObserver, ProxyBench, Reference, ReferenceJob};
 use mnas_pipeline::{ProxySettings, Score};
 
+use crate::commands::progress;
 use crate::commands::proxy_args::{describe, ProxyArgs};
 
 pub const REFERENCE_ABOUT: &str = "Train the reference accuracies that `mnas bench proxy` judges proxy recipes \
@@ -121,15 +121,9 @@ impl Display {
 
 impl JobObserver for Display {
     fn on_run_start(&mut self, what: &str, done: usize, total: usize) {
-        if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            let style =
-                ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} steps ({elapsed}, eta {eta}) {msg}")
-                    .map(|s| s.progress_chars("=> "))
-                    .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
+        self.bar = progress::bar(None, "{prefix} [{bar:25}] {pos}/{len} steps ({elapsed}, eta {eta}) {msg}");
+        if let Some(bar) = &self.bar {
             bar.set_prefix(format!("[{}/{total}] {what}", done + 1));
-            self.bar = Some(bar);
         }
     }
 

@@ -1,18 +1,19 @@
 //! `mnas latency build-lut | predict | lut-report`: the lookup-table latency predictor.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use mnas_latency::lut::Accuracy;
 use mnas_latency::lut_build::{self, LutOptions, LutProgress, StageTimer};
-use mnas_latency::{lut_report, BuiltIn, Lut, LutError, MeasureOptions, OrtEngine, Store};
+use mnas_latency::{lut_report, Lut, LutError, MeasureOptions, Store};
 use mnas_space::{Arch, SearchSpace};
 
 use super::report::default_store;
+use crate::commands::engine_arg::EngineArg;
+use crate::commands::progress;
 use crate::spec::{resolve, ArchOverrides};
 use crate::table::thousands;
 
@@ -74,10 +75,10 @@ pub struct BuildLutArgs {
     /// Engine threads, each pinned to its own core.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// The engine the table predicts: `builtin` (mnas's own) or `ort` (ONNX Runtime in this
+    /// The engine the table predicts: `built-in` (mnas's own) or `ort` (ONNX Runtime in this
     /// process, each stage timed as an ONNX graph of its own).
-    #[arg(long, value_enum, default_value_t = LutEngine::Builtin)]
-    pub engine: LutEngine,
+    #[arg(long, value_enum, default_value = "built-in")]
+    pub engine: EngineArg,
     #[command(flatten)]
     pub ort: OrtLibArg,
     /// Timed passes per layer (the median is kept; 20 measured 98 % within +-10 % where 10 gave 89 %).
@@ -118,13 +119,6 @@ pub struct BuildLutArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Engines a table can be built for.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LutEngine {
-    Builtin,
-    Ort,
 }
 
 #[derive(Args, Debug)]
@@ -225,15 +219,8 @@ pub fn run(cmd: LutCommand) -> Result<()> {
 
 /// A bar with ETA on stderr, only when stderr is a terminal.
 fn bar(len: u64, message: &str, unit: &str) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     let template = format!("{{msg:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{elapsed}}, ETA {{eta}}");
-    let style = ProgressStyle::with_template(&template)
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+    let bar = progress::bar(Some(len), &template)?;
     bar.set_message(message.to_string());
     Some(bar)
 }
@@ -314,10 +301,7 @@ fn build(args: BuildLutArgs) -> Result<()> {
             }
         }
     };
-    let engine: &dyn StageTimer = match args.engine {
-        LutEngine::Builtin => &BuiltIn,
-        LutEngine::Ort => OrtEngine::load(args.ort.ort_lib.as_deref())?,
-    };
+    let engine = args.engine.load(args.ort.ort_lib.as_deref())?;
     let started = Instant::now();
     let outcome = lut_build::build(&space, &opts, engine, previous, Some(&args.out), &on_progress);
     if let Some(b) = &entries_bar {

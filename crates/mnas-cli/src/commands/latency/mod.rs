@@ -1,11 +1,10 @@
 //! `mnas latency`: inference latency of an architecture on this machine, through the latency store.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use mnas_latency::{measure, measure_cached_on, BuiltIn, LocalEngine, MeasureOptions, Progress, Store};
 
 pub mod lut;
@@ -13,6 +12,7 @@ pub mod remote;
 pub mod report;
 
 use self::report::{default_store, print_report};
+use crate::commands::progress;
 use crate::spec::{resolve, ArchOverrides};
 
 /// The long help of `mnas latency` (`main.rs` attaches it; its one-line summary is the doc comment there).
@@ -189,14 +189,7 @@ pub fn run(args: LatencyArgs) -> Result<()> {
 
 /// A bar on stderr for the timed runs, only when stderr is a terminal.
 fn progress_bar(opts: &MeasureOptions) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = ProgressBar::with_draw_target(Some(opts.runs as u64), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} runs, {elapsed}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+    let bar = progress::bar(Some(opts.runs as u64), "{msg:>12} [{bar:30}] {pos}/{len} runs, {elapsed}")?;
     bar.set_message("warming up");
     Some(bar)
 }
