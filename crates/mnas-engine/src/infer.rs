@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use mnas_space::naming::layer_prefix;
 use mnas_space::{Activation, Arch, Layer};
 
+use crate::awake::with_pool_awake;
 use crate::buf::Buf;
 use crate::error::EngineError;
 use crate::kernels::bn::Act;
@@ -460,11 +461,15 @@ impl Folded {
         images: &[f32],
         n: usize,
         size: usize,
-        mut after: impl FnMut(usize),
+        after: impl FnMut(usize) + Send,
     ) -> Result<Vec<f32>, EngineError> {
         if images.len() != n * size * size * 3 || n == 0 || size == 0 {
             return Err(EngineError::Input { got: images.len(), n, size });
         }
+        Ok(with_pool_awake(|| self.pass(images, n, size, after)))
+    }
+
+    fn pass(&self, images: &[f32], n: usize, size: usize, mut after: impl FnMut(usize)) -> Vec<f32> {
         let (mut x, mut h, mut w) = self.stem.forward(images, n, size, size);
         after(0);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -482,7 +487,7 @@ impl Folded {
             logits
         });
         after(self.layers.len() + 2);
-        Ok(logits)
+        logits
     }
 }
 
@@ -572,6 +577,25 @@ mod tests {
             let two = run(2);
             assert!(crate::kernels::testutil::max_rel(&two, &want) < 1e-5);
             assert_eq!(two, run(2), "a split layer gives the same bits on every run");
+        }
+    }
+
+    /// A whole pass on two threads (the other one spinning for its work, see `awake`) gives the
+    /// logits of one thread, pass after pass.
+    #[test]
+    fn a_pass_on_two_threads_matches_one() {
+        let mut arch =
+            mnas_space::parse_block_list("stem16 ir_r2_k5_s1_e6_c24_se0.25 ds_r1_k3_s2_c32 head64").expect("valid");
+        arch.resolution = 56;
+        let net = Folded::random(&arch, 5).expect("valid");
+        let images = values(56 * 56 * 3, 2);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| (0..20).map(|_| net.forward(&images, 1, 56).expect("valid")).collect::<Vec<_>>())
+        };
+        let want: Vec<f64> = run(1)[0].iter().map(|v| *v as f64).collect();
+        for logits in run(2) {
+            assert!(crate::kernels::testutil::max_rel(&logits, &want) < 1e-5, "{logits:?}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! framework): the proxy training of every search trial and batch-1 inference run here. The burn
 //! model in mnas-model stays the reference it is checked against (and the GPU path).
 
+pub mod awake;
 pub mod buf;
 pub mod error;
 pub mod infer;
