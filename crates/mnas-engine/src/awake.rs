@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 /// anyway (a thread busy elsewhere joins late, or not at all).
 const START_WAIT: Duration = Duration::from_micros(200);
 
+/// The longest a thread spins. A thread that took the task while waiting inside other work of
+/// the pool (two passes at once in one pool) holds that work back while it spins; past this,
+/// it returns to it, and the rest of a long pass runs as rayon runs it, with idle threads asleep.
+const MOST_SPIN: Duration = Duration::from_millis(100);
+
 /// Runs `f` on this thread while the other threads of its rayon pool spin, executing the pool's
 /// pending work, until `f` returns. Outside a pool, or in a pool of one thread, just runs `f`.
 pub fn with_pool_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
@@ -32,7 +37,8 @@ pub fn with_pool_awake<T: Send>(f: impl FnOnce() -> T + Send) -> T {
                     return;
                 }
                 spinning.fetch_add(1, Ordering::AcqRel);
-                while !done.load(Ordering::Acquire) {
+                let since = Instant::now();
+                while !done.load(Ordering::Acquire) && since.elapsed() < MOST_SPIN {
                     if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
                         std::hint::spin_loop();
                     }
